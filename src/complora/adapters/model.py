@@ -1,0 +1,136 @@
+"""Model-level adapter operations: inject, merge and unmerge, and the adapter state a model carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from torch import nn
+
+from complora import subspace
+from complora.errors import ComploraError
+from complora.fingerprint import weights_sha256
+
+from .config import AdapterConfig
+from .layer import LoraMultiheadAttention
+from .sites import check_supported_attention, find_attention_sites
+
+_STATE_ATTRIBUTE = "complora_adapter"
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """What :func:`inject` did to a model: its config, the adapted matrix names, the projector used."""
+
+    config: AdapterConfig
+    matrices: tuple[str, ...]
+    projector_sha256: str | None
+    directions: dict[str, int]
+
+
+def has_adapters(model: nn.Module) -> bool:
+    return getattr(model, _STATE_ATTRIBUTE, None) is not None
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    state = getattr(model, _STATE_ATTRIBUTE, None)
+    if state is None:
+        raise ComploraError("this model carries no adapters; call complora.adapters.inject(model, config) first")
+    return state
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, LoraMultiheadAttention]]:
+    for name, module in model.named_modules():
+        if isinstance(module, LoraMultiheadAttention):
+            yield name, module
+
+
+def _projection_for(model: nn.Module, config: AdapterConfig, projector: subspace.Projector | None):
+    if config.method != "complora":
+        return None
+    if projector is None:
+        return subspace.build_projector(model, config)
+    model_hash = weights_sha256(model)
+    if projector.weights_sha256 != model_hash:
+        raise subspace.ProjectorError(
+            f"stale projector: it was built from weights {projector.weights_sha256[:16]}… "
+            f"({projector.origin.get('model', '?')}/{projector.origin.get('pretrained', '?')}) but this model's "
+            f"weights hash to {model_hash[:16]}…; rebuild it with `complora projector` for this model"
+        )
+    return projector
+
+
+def inject(model: nn.Module, config: AdapterConfig, projector: subspace.Projector | None = None) -> list[str]:
+    """Wrap the attention ``config`` selects with adapters, in place, and freeze everything else.
+
+    For ``complora`` the principal bases come from ``projector`` (refused if built from other weights)
+    or, when it is None, from an SVD computed now. Returns the adapted matrix names.
+    """
+    if has_adapters(model) or any(True for _ in adapter_layers(model)):
+        raise ComploraError("this model already carries adapters; inject into a fresh model")
+    sites = find_attention_sites(model, config)
+    for site in sites:
+        check_supported_attention(site.name, site.module)
+    projector = _projection_for(model, config, projector)
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    names, directions = [], {}
+    for site in sites:
+        layer = LoraMultiheadAttention(site.module, config)
+        for target in config.targets:
+            name = f"{site.name}.{target}"
+            names.append(name)
+            if projector is not None:
+                k = projector.resolve(name, config.k)
+                basis = projector.bases[name]
+                layer.set_projection(
+                    target,
+                    basis.u[:, :k] if config.side in ("both", "output") else None,
+                    basis.v[:, :k] if config.side in ("both", "input") else None,
+                )
+                directions[name] = k
+        site.parent.attn = layer
+    state = AdapterState(
+        config=config,
+        matrices=tuple(names),
+        projector_sha256=projector.sha256 if projector is not None else None,
+        directions=directions,
+    )
+    setattr(model, _STATE_ATTRIBUTE, state)
+    return names
+
+
+def merge(model: nn.Module) -> None:
+    """Fold every adapter update into its base weights (for evaluation: inference then costs nothing extra)."""
+    adapter_state(model)
+    for _, layer in adapter_layers(model):
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    """Restore the exact pre-merge base weights and re-enable the adapter path."""
+    adapter_state(model)
+    for _, layer in adapter_layers(model):
+        layer.unmerge()
+
+
+def is_merged(model: nn.Module) -> bool:
+    return any(layer.merged for _, layer in adapter_layers(model))
+
+
+@contextmanager
+def unmerged(model: nn.Module) -> Iterator[None]:
+    """Temporarily unmerge (so the base weights are the pretrained ones), restoring the merge state after."""
+    was_merged = is_merged(model)
+    unmerge(model)
+    try:
+        yield
+    finally:
+        if was_merged:
+            merge(model)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)

@@ -1,0 +1,159 @@
+"""Adapter checkpoints (adapter weights alone, apart from the base model) and merged full checkpoints.
+
+An adapter directory holds ``adapter_model.safetensors`` and ``adapter_config.json``; the JSON is
+written last, so a directory without it is an interrupted save and is refused on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from complora import __version__
+from complora.atomic import atomic_path, write_json
+from complora.errors import ComploraError
+from complora.fingerprint import base_state, weights_sha256
+from complora.models import model_origin
+from complora.subspace import Projector
+
+from .config import AdapterConfig
+from .model import adapter_layers, adapter_state, has_adapters, inject, is_merged, merge, unmerge, unmerged
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT = "complora-adapter"
+
+
+class AdapterMismatchError(ComploraError):
+    """An adapter checkpoint does not fit the model it is loaded onto."""
+
+
+def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for layer_name, layer in adapter_layers(model):
+        for target in layer.targets:
+            tensors[f"{layer_name}.{target}.lora_A"] = layer.lora_A[target].detach()
+            tensors[f"{layer_name}.{target}.lora_B"] = layer.lora_B[target].detach()
+    return tensors
+
+
+def _base_description(model: nn.Module) -> dict[str, Any]:
+    with unmerged(model):
+        return {**model_origin(model), "weights_sha256": weights_sha256(model)}
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write the adapter weights and their metadata (base model, versions, config, projector hash)."""
+    state = adapter_state(model)
+    directory = Path(path)
+    tensors = {name: tensor.contiguous() for name, tensor in _adapter_tensors(model).items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": 1,
+        "adapter": state.config.to_dict(),
+        "matrices": list(state.matrices),
+        "directions": state.directions,
+        "projector_sha256": state.projector_sha256,
+        "base": _base_description(model),
+        "trainable_parameters": sum(tensor.numel() for tensor in tensors.values()),
+        "versions": {"complora": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__},
+    }
+    with atomic_path(directory / WEIGHTS_FILE) as temporary:
+        save_file(tensors, str(temporary))
+    write_json(directory / CONFIG_FILE, metadata)
+    return directory
+
+
+def read_adapter_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        raise AdapterMismatchError(
+            f"{config_file} is missing: {path} is not a finished adapter checkpoint; save it again"
+        )
+    try:
+        metadata = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise AdapterMismatchError(f"{config_file} is not valid JSON ({error}); save the adapter again") from error
+    if metadata.get("format") != FORMAT:
+        raise AdapterMismatchError(f"{config_file}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    return metadata
+
+
+def _check_base(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
+    current = _base_description(model)
+    if saved["weights_sha256"] != current["weights_sha256"]:
+        raise AdapterMismatchError(
+            f"adapter {path} was trained on base {saved['model']}/{saved['pretrained']} "
+            f"(weights {saved['weights_sha256'][:16]}…) but this model is {current['model']}/"
+            f"{current['pretrained']} (weights {current['weights_sha256'][:16]}…); load it onto the same base"
+        )
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike[str], projector: Projector | None = None) -> list[str]:
+    """Load an adapter checkpoint onto ``model``.
+
+    A model without adapters is injected with the saved config first (``projector`` as in
+    :func:`inject`); a model with adapters must carry the same config and projector. The base
+    weights must be those the adapter was trained on. Returns the adapted matrix names.
+    """
+    path = Path(path)
+    metadata = read_adapter_metadata(path)
+    saved_config = AdapterConfig.from_dict(metadata["adapter"])
+    _check_base(path, metadata["base"], model)
+    if not has_adapters(model):
+        inject(model, saved_config, projector)
+    state = adapter_state(model)
+    differences = saved_config.differences(state.config)
+    if differences:
+        raise AdapterMismatchError(
+            f"adapter {path} was saved with a different adapter config (saved != model): " + "; ".join(differences)
+        )
+    if metadata["projector_sha256"] != state.projector_sha256:
+        raise AdapterMismatchError(
+            f"adapter {path} was trained with projector {str(metadata['projector_sha256'])[:16]}… but the model "
+            f"carries projector {str(state.projector_sha256)[:16]}…; inject with the projector used in training"
+        )
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as error:
+        raise AdapterMismatchError(f"{path / WEIGHTS_FILE} cannot be read ({error}); save the adapter again") from error
+    expected = _adapter_tensors(model)
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise AdapterMismatchError(f"{path / WEIGHTS_FILE}: missing tensors {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad(), unmerged(model):
+        for name, tensor in tensors.items():
+            target = expected[name]
+            if target.shape != tensor.shape:
+                raise AdapterMismatchError(
+                    f"{path / WEIGHTS_FILE}: {name} has shape {tuple(tensor.shape)}, model needs {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+    return list(state.matrices)
+
+
+def export_merged(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write a full checkpoint with the updates merged, under open_clip's own parameter names, so that
+    ``open_clip.create_model(name, pretrained=path)`` loads it with no complora code."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ComploraError(f"{path}: a merged checkpoint must end in .safetensors for open_clip to load it")
+    adapter_state(model)
+    was_merged = is_merged(model)
+    merge(model)
+    try:
+        state = {name: tensor.detach().clone().contiguous() for name, tensor in base_state(model)}
+    finally:
+        if not was_merged:
+            unmerge(model)
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={"format": "open_clip", "merged_adapter": "complora"})
+    return path

@@ -1,0 +1,52 @@
+"""Creating open_clip models by name, recording where their weights came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import ComploraError
+
+NO_WEIGHTS = "none"
+_ORIGIN_ATTRIBUTE = "complora_origin"
+
+
+def register_model_config(path: str | Path) -> str:
+    """Make an open_clip architecture JSON known to ``open_clip.create_model``; returns its name (the stem)."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ComploraError(f"model config {config_path} does not exist; pass an open_clip model name or a JSON file")
+    open_clip.add_model_config(config_path)
+    return config_path.stem
+
+
+def load_clip(
+    name: str, pretrained: str = NO_WEIGHTS, *, device: str | torch.device = "cpu", seed: int = 0
+) -> nn.Module:
+    """An open_clip model: ``name`` is a built-in architecture or a JSON config file; ``pretrained`` is an
+    open_clip tag, a checkpoint path, or ``none`` for a random initialisation drawn from ``seed``."""
+    if name.endswith(".json"):
+        name = register_model_config(name)
+    if name not in open_clip.list_models():
+        raise ComploraError(f"model {name!r} is not an open_clip architecture; see open_clip.list_models()")
+    weights = None if pretrained == NO_WEIGHTS else pretrained
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = open_clip.create_model(name, pretrained=weights, device=device)
+        except RuntimeError as error:
+            raise ComploraError(
+                f"pretrained weights {pretrained!r} for {name} could not be loaded ({error}); pass a local "
+                "checkpoint file with --pretrained PATH, or a tag whose weights are in open_clip's cache"
+            ) from error
+    setattr(model, _ORIGIN_ATTRIBUTE, {"model": name, "pretrained": pretrained})
+    return model
+
+
+def model_origin(model: nn.Module) -> dict[str, Any]:
+    """Architecture name and weights source recorded by :func:`load_clip` (``unknown`` for other models)."""
+    return dict(getattr(model, _ORIGIN_ATTRIBUTE, {"model": "unknown", "pretrained": "unknown"}))
