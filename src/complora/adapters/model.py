@@ -78,7 +78,8 @@ def inject(model: nn.Module, config: AdapterConfig, projector: subspace.Projecto
         parameter.requires_grad_(False)
     names, directions = [], {}
     for site in sites:
-        layer = LoraMultiheadAttention(site.module, config)
+        # A new module starts in training mode; follow the wrapped one so an eval model stays in eval.
+        layer = LoraMultiheadAttention(site.module, config).train(site.module.training)
         for target in config.targets:
             name = f"{site.name}.{target}"
             names.append(name)
@@ -123,13 +124,14 @@ def is_merged(model: nn.Module) -> bool:
 @contextmanager
 def unmerged(model: nn.Module) -> Iterator[None]:
     """Temporarily unmerge (so the base weights are the pretrained ones), restoring the merge state after."""
-    was_merged = is_merged(model)
-    unmerge(model)
+    merged_layers = [layer for _, layer in adapter_layers(model) if layer.merged]
+    for layer in merged_layers:
+        layer.unmerge()
     try:
         yield
     finally:
-        if was_merged:
-            merge(model)
+        for layer in merged_layers:
+            layer.merge()
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -1,0 +1,104 @@
+"""The ``complora`` command: one verb per pipeline step. Rules of the workflow call these verbs."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+
+from . import __version__
+from .adapters.config import TARGETS, TOWERS, AdapterConfig, parse_k
+from .errors import ComploraError
+from .models import load_clip
+from .subspace import build_projector, save_projector
+
+
+def _peak_memory_mib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _peak_gpu_memory_mib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+
+
+def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="open_clip architecture name, or an open_clip JSON config file")
+    parser.add_argument("--pretrained", required=True, help="open_clip pretrained tag, checkpoint path, or 'none'")
+    parser.add_argument("--k-max", type=int, required=True, help="directions stored per matrix (largest k to be used)")
+    parser.add_argument("--out", type=Path, required=True, help="output file, ending in .safetensors")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(AdapterConfig.targets))
+    parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(AdapterConfig.towers))
+    parser.add_argument("--layers", nargs="+", default=["all"], help="'all' or block indices")
+    parser.add_argument(
+        "--k",
+        dest="report_ks",
+        action="append",
+        help="a k to report energy and spectral gap for in the stats sidecar (repeatable; int, fraction or "
+        "energy:<x>); default: powers of two up to k-max",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation when --pretrained none")
+    parser.add_argument("--device", default="cpu", help="torch device for the SVDs (cpu, cuda, cuda:1, ...)")
+
+
+def _run_projector(args: argparse.Namespace) -> None:
+    if args.out.suffix != ".safetensors":
+        raise ComploraError(f"--out {args.out}: the projector file must end in .safetensors")
+    layers = "all" if args.layers == ["all"] else args.layers
+    config = AdapterConfig(method="complora", targets=args.targets, towers=args.towers, layers=layers, k=args.k_max)
+    report_ks = [parse_k(k) for k in args.report_ks] if args.report_ks else None
+    model = load_clip(args.model, args.pretrained, device=args.device, seed=args.seed)
+    start = time.perf_counter()
+    projector = build_projector(model, config, args.k_max)
+    seconds = time.perf_counter() - start
+    run_info = {
+        "build_seconds": round(seconds, 3),
+        "peak_memory_mib": _peak_memory_mib(),
+        "peak_gpu_memory_mib": _peak_gpu_memory_mib(),
+        "device": str(args.device),
+        "open_clip_version": open_clip.__version__,
+    }
+    save_projector(projector, args.out, report_ks, extra=run_info)
+    print(
+        f"wrote {args.out}: {len(projector.bases)} matrices, k_max={projector.k_max}, "
+        f"weights {projector.weights_sha256[:12]}, {seconds:.1f} s",
+        file=sys.stderr,
+    )
+
+
+VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
+    "projector": (
+        "cache the principal singular bases of every adapted matrix of a backbone",
+        _add_projector_arguments,
+        _run_projector,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="complora", description="Comp-LoRA / LoRA few-shot CLIP pipeline")
+    parser.add_argument("--version", action="version", version=f"complora {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (summary, add_arguments, _) in VERBS.items():
+        add_arguments(verbs.add_parser(name, help=summary, description=summary))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        VERBS[args.verb][2](args)
+    except ComploraError as error:
+        print(f"complora {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
