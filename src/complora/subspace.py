@@ -14,17 +14,17 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from . import __version__
 from .adapters.config import AdapterConfig, KSpec, parse_k, resolve_k
 from .adapters.sites import adapted_matrices
-from .atomic import atomic_path, write_json
+from .atomic import write_json
 from .errors import ComploraError
 from .fingerprint import tensors_sha256, weights_sha256
 from .models import model_origin
+from .tensorfile import save_tensors
 
 FORMAT = "complora-projector"
 FORMAT_VERSION = "1"
@@ -147,8 +147,7 @@ def save_projector(
         "projector_sha256": digest,
         "origin": json.dumps(projector.origin, sort_keys=True),
     }
-    with atomic_path(path) as temporary:
-        save_file(projector.tensors(), str(temporary), metadata=metadata)
+    save_tensors(projector.tensors(), path, metadata)
     report_ks = report_ks if report_ks is not None else _default_report_ks(projector.k_max)
     sidecar = {
         "format": FORMAT,

@@ -14,15 +14,16 @@ from typing import Any
 import open_clip
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from complora import __version__
-from complora.atomic import atomic_path, write_json
+from complora.atomic import write_json
 from complora.errors import ComploraError
 from complora.fingerprint import base_state, weights_sha256
 from complora.models import model_origin
 from complora.subspace import Projector
+from complora.tensorfile import save_tensors
 
 from .config import AdapterConfig
 from .model import adapter_layers, adapter_state, has_adapters, inject, is_merged, merge, unmerge, unmerged
@@ -54,7 +55,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write the adapter weights and their metadata (base model, versions, config, projector hash)."""
     state = adapter_state(model)
     directory = Path(path)
-    tensors = {name: tensor.contiguous() for name, tensor in _adapter_tensors(model).items()}
+    tensors = _adapter_tensors(model)
     metadata = {
         "format": FORMAT,
         "format_version": 1,
@@ -66,8 +67,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "trainable_parameters": sum(tensor.numel() for tensor in tensors.values()),
         "versions": {"complora": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__},
     }
-    with atomic_path(directory / WEIGHTS_FILE) as temporary:
-        save_file(tensors, str(temporary))
+    save_tensors(tensors, directory / WEIGHTS_FILE)
     write_json(directory / CONFIG_FILE, metadata)
     return directory
 
@@ -150,10 +150,9 @@ def export_merged(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     was_merged = is_merged(model)
     merge(model)
     try:
-        state = {name: tensor.detach().clone().contiguous() for name, tensor in base_state(model)}
+        state = {name: tensor.detach().clone() for name, tensor in base_state(model)}
     finally:
         if not was_merged:
             unmerge(model)
-    with atomic_path(path) as temporary:
-        save_file(state, str(temporary), metadata={"format": "open_clip", "merged_adapter": "complora"})
+    save_tensors(state, path, {"format": "open_clip", "merged_adapter": "complora"})
     return path
