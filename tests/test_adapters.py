@@ -399,3 +399,22 @@ def test_export_merged_loads_in_plain_open_clip(make_tiny, tiny_inputs, tiny_con
     with torch.no_grad():
         assert _max_diff(encode(model, *tiny_inputs), encode(plain, *tiny_inputs)) <= 1e-5
     assert not any(layer.merged for _, layer in adapter_layers(model)), "export leaves the model as it found it"
+
+
+def test_adapters_train_under_autocast(make_tiny, tiny_inputs):
+    model = make_tiny()
+    inject(model, AdapterConfig(method="complora", k=4, targets=["q", "k", "v", "o"]))
+    randomize_adapters(model)
+    with torch.no_grad():
+        full = encode(model, *tiny_inputs)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images, texts = encode(model, *tiny_inputs)
+    assert images.dtype == torch.bfloat16
+    (images.float().square().sum() + texts.float().square().sum()).backward()
+    gradients = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in gradients)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = encode(model, *tiny_inputs)
+    assert all(torch.allclose(a.float(), b, rtol=0.1, atol=0.1) for a, b in zip(low, full, strict=True))
