@@ -14,6 +14,8 @@ import torch
 
 from . import __version__
 from .adapters.config import TARGETS, TOWERS, AdapterConfig, parse_k
+from .demo.datasets import DemoSizes, write_demo_world
+from .demo.tasks import TASKS
 from .errors import ComploraError
 from .models import load_clip
 from .subspace import build_projector, save_projector
@@ -72,11 +74,32 @@ def _run_projector(args: argparse.Namespace) -> None:
     )
 
 
+def _add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = DemoSizes()
+    parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed gives byte-identical files")
+    for name in ("train_per_class", "val_per_class", "test_per_class", "image_size"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name), help=f"default {getattr(defaults, name)}")
+
+
+def _run_demo_data(args: argparse.Namespace) -> None:
+    sizes = DemoSizes(args.train_per_class, args.val_per_class, args.test_per_class, args.image_size)
+    start = time.perf_counter()
+    write_demo_world(args.out, args.seed, sizes)
+    print(f"wrote {args.out}: {len(TASKS)} tasks in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "projector": (
         "cache the principal singular bases of every adapted matrix of a backbone",
         _add_projector_arguments,
         _run_projector,
+    ),
+    "demo-data": (
+        "generate the demo world's downstream datasets (images, split files, class names, captions)",
+        _add_demo_data_arguments,
+        _run_demo_data,
     ),
 }
 
