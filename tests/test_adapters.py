@@ -22,6 +22,7 @@ from complora.adapters import (
     inject,
     load_adapter,
     merge,
+    read_adapter_metadata,
     save_adapter,
     trainable_parameters,
     unmerge,
@@ -277,15 +278,22 @@ def test_complora_update_leaves_principal_directions_untouched(make_tiny, tiny_i
         projector = build_projector(model, AdapterConfig(method="complora", k=k))
         inject(model, AdapterConfig(method=method, k=k, side=side), projector)
         train_steps(model, *tiny_inputs, steps=3)
+        layers = list(adapter_layers(model))
+        pretrained = {
+            (name, target): matrix_weight(layer.base_layer, target).detach().clone()
+            for name, layer in layers
+            for target in layer.targets
+        }
+        merge(model)
         worst_left, worst_right = 0.0, 0.0
-        for layer_name, layer in adapter_layers(model):
-            for target in layer.targets:
-                basis = projector.bases[f"{layer_name}.{target}"]
-                update = layer.delta_weight(target).detach().double()
-                norm = update.norm()
-                assert norm > 0
-                worst_left = max(worst_left, (basis.u[:, :k].double().T @ update).norm().item() / norm.item())
-                worst_right = max(worst_right, (update @ basis.v[:, :k].double()).norm().item() / norm.item())
+        for (name, target), weight in pretrained.items():
+            layer = model.get_submodule(name)
+            update = (matrix_weight(layer.base_layer, target).detach() - weight).double()
+            basis = projector.bases[f"{name}.{target}"]
+            norm = update.norm().item()
+            assert norm > 0
+            worst_left = max(worst_left, (basis.u[:, :k].double().T @ update).norm().item() / norm)
+            worst_right = max(worst_right, (update @ basis.v[:, :k].double()).norm().item() / norm)
         ratios[method] = (worst_left, worst_right)
     left, right = ratios["complora"]
     if side in ("both", "output"):
@@ -358,11 +366,50 @@ def test_load_refuses_other_base_config_or_projector(make_tiny, tmp_path):
     with pytest.raises(AdapterMismatchError, match="rank: 2 != 4"):
         load_adapter(other_config, tmp_path / "adapter")
 
-    other_projector = make_tiny(seed=0)
-    projector = build_projector(other_projector, AdapterConfig(method="complora", k=4), k_max=8)
-    inject(other_projector, AdapterConfig(method="complora", k=4), projector)
-    with pytest.raises(AdapterMismatchError, match="trained with projector"):
-        load_adapter(other_projector, tmp_path / "adapter")
+    # Without a projector file the adapter is tied to the base weights and directions, not to SVD bytes.
+    computed_elsewhere = make_tiny(seed=0)
+    inject(computed_elsewhere, AdapterConfig(method="complora", k=4), build_projector(model, AdapterConfig(k=8)))
+    load_adapter(computed_elsewhere, tmp_path / "adapter")
+
+    with_file = make_tiny(seed=0)
+    inject(with_file, AdapterConfig(method="complora", k=4), build_projector(with_file, AdapterConfig(k=4)))
+    save_adapter(with_file, tmp_path / "with_file")
+    other_file = make_tiny(seed=0)
+    inject(other_file, AdapterConfig(method="complora", k=4), build_projector(other_file, AdapterConfig(k=8)))
+    with pytest.raises(AdapterMismatchError, match="trained with projector file"):
+        load_adapter(other_file, tmp_path / "with_file")
+
+
+def test_save_adapter_needs_to_know_the_base(tiny_config_path, tmp_path):
+    model = open_clip.create_model(tiny_config_path.stem)
+    inject(model, AdapterConfig())
+    with pytest.raises(ComploraError, match="pass base_model= and pretrained="):
+        save_adapter(model, tmp_path / "adapter")
+    save_adapter(model, tmp_path / "adapter", base_model=tiny_config_path.stem, pretrained="none")
+    metadata = read_adapter_metadata(tmp_path / "adapter")
+    assert metadata["base"]["model"] == tiny_config_path.stem and metadata["versions"]["open_clip"] == "3.3.0"
+
+
+def test_saving_again_replaces_the_checkpoint(make_tiny, tiny_inputs, tmp_path):
+    model = make_tiny()
+    inject(model, AdapterConfig(dropout=0.0))
+    save_adapter(model, tmp_path / "adapter")
+    randomize_adapters(model, seed=5)
+    save_adapter(model, tmp_path / "adapter")
+    fresh = make_tiny()
+    load_adapter(fresh, tmp_path / "adapter")
+    with torch.no_grad():
+        assert _max_diff(encode(model, *tiny_inputs), encode(fresh, *tiny_inputs)) == 0.0
+
+
+def test_failed_inject_leaves_the_model_untouched(make_tiny, tiny_inputs):
+    model = make_tiny()
+    vision_only = build_projector(model, AdapterConfig(method="complora", k=4, towers=["vision"]))
+    with pytest.raises(ProjectorError):
+        inject(model, AdapterConfig(method="complora", k=4), vision_only)
+    assert not any(True for _ in adapter_layers(model))
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert len(inject(model, AdapterConfig(method="complora", k=4))) == 15
 
 
 def test_interrupted_adapter_save_is_refused(make_tiny, tmp_path):

@@ -131,6 +131,13 @@ def test_cli_accepts_a_local_checkpoint(tiny_config_path, tmp_path):
         ({"--pretrained": "missing.pt"}, "pass a local checkpoint file with --pretrained PATH"),
         ({"--k-max": "999"}, "k_max=999 must lie in"),
         ({"--model": "ViT-Z-99"}, "is not an open_clip architecture"),
+        ({"--k-max": "-1"}, "--k-max -1: must be 0 or more"),
+        ({"--k": "999"}, "k: 999 directions asked for a matrix of rank at most"),
+        pytest.param(
+            {"--device": "cuda"},
+            "no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
     ],
 )
 def test_cli_errors_are_one_clear_line_and_leave_no_output(tiny_config_path, tmp_path, overrides, message):

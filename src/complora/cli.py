@@ -49,9 +49,21 @@ def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the SVDs (cpu, cuda, cuda:1, ...)")
 
 
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ComploraError(f"--device {device}: not a torch device ({error}); use cpu, cuda or cuda:N") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ComploraError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+
+
 def _run_projector(args: argparse.Namespace) -> None:
     if args.out.suffix != ".safetensors":
         raise ComploraError(f"--out {args.out}: the projector file must end in .safetensors")
+    if args.k_max < 0:
+        raise ComploraError(f"--k-max {args.k_max}: must be 0 or more")
+    _check_device(args.device)
     layers = "all" if args.layers == ["all"] else args.layers
     config = AdapterConfig(method="complora", targets=args.targets, towers=args.towers, layers=layers, k=args.k_max)
     report_ks = [parse_k(k) for k in args.report_ks] if args.report_ks else None

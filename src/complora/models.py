@@ -12,6 +12,7 @@ from torch import nn
 from .errors import ComploraError
 
 NO_WEIGHTS = "none"
+UNKNOWN = "unknown"
 _ORIGIN_ATTRIBUTE = "complora_origin"
 
 
@@ -38,7 +39,8 @@ def load_clip(
         torch.manual_seed(seed)
         try:
             model = open_clip.create_model(name, pretrained=weights, device=device)
-        except RuntimeError as error:
+        # open_clip and torch raise many exception types for a bad file, tag or download.
+        except Exception as error:
             raise ComploraError(
                 f"pretrained weights {pretrained!r} for {name} could not be loaded ({error}); pass a local "
                 "checkpoint file with --pretrained PATH, or a tag whose weights are in open_clip's cache"
@@ -49,4 +51,4 @@ def load_clip(
 
 def model_origin(model: nn.Module) -> dict[str, Any]:
     """Architecture name and weights source recorded by :func:`load_clip` (``unknown`` for other models)."""
-    return dict(getattr(model, _ORIGIN_ATTRIBUTE, {"model": "unknown", "pretrained": "unknown"}))
+    return dict(getattr(model, _ORIGIN_ATTRIBUTE, {"model": UNKNOWN, "pretrained": UNKNOWN}))

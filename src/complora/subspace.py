@@ -147,8 +147,8 @@ def save_projector(
         "projector_sha256": digest,
         "origin": json.dumps(projector.origin, sort_keys=True),
     }
-    save_tensors(projector.tensors(), path, metadata)
     report_ks = report_ks if report_ks is not None else _default_report_ks(projector.k_max)
+    # The stats come first: a k that cannot be reported fails before anything is written.
     sidecar = {
         "format": FORMAT,
         "k_max": projector.k_max,
@@ -160,6 +160,7 @@ def save_projector(
         "matrices": projector.stats([parse_k(k) for k in report_ks]),
         **(extra or {}),
     }
+    save_tensors(projector.tensors(), path, metadata)
     write_json(stats_path(path), sidecar)
 
 
@@ -179,6 +180,9 @@ def load_projector(path: str | os.PathLike[str]) -> Projector:
     if metadata.get("format") != FORMAT:
         raise ProjectorError(f"{path} is not a complora projector (format={metadata.get('format')!r}); rebuild it")
     names = sorted({key.rsplit(".", 1)[0] for key in tensors})
+    incomplete = [name for name in names if any(f"{name}.{part}" not in tensors for part in "UVS")]
+    if incomplete or not {"k_max", "weights_sha256"} <= metadata.keys():
+        raise ProjectorError(f"projector file {path} is incomplete (e.g. {incomplete[:1]}); rebuild it")
     projector = Projector(
         bases={name: MatrixBasis(tensors[f"{name}.U"], tensors[f"{name}.V"], tensors[f"{name}.S"]) for name in names},
         k_max=int(metadata["k_max"]),

@@ -167,4 +167,7 @@ class AdapterConfig:
     def differences(self, other: AdapterConfig) -> list[str]:
         """Human-readable list of fields whose values differ, as ``field: mine != theirs``."""
         mine, theirs = asdict(self), asdict(other)
+        if self.method == other.method == "lora":
+            for ignored in ("k", "side"):
+                mine.pop(ignored), theirs.pop(ignored)
         return [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine if mine[name] != theirs[name]]

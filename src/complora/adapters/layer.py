@@ -62,7 +62,9 @@ class LoraMultiheadAttention(nn.Module):
         for side, basis, dim in (("U", u, weight.shape[0]), ("V", v, weight.shape[1])):
             if basis is not None and (basis.ndim != 2 or basis.shape[0] != dim):
                 raise ValueError(f"{side} basis for target {target} has shape {tuple(basis.shape)}, need ({dim}, k)")
-            tensor = None if basis is None else basis.to(device=weight.device, dtype=weight.dtype).contiguous()
+            # Bases stay at least float32 so the projection stays orthogonal on half-precision models.
+            dtype = torch.promote_types(weight.dtype, torch.float32)
+            tensor = None if basis is None else basis.to(device=weight.device, dtype=dtype).contiguous()
             # Non-persistent: the bases come from the projector artifact, not from adapter checkpoints.
             self.register_buffer(f"proj_{side}_{target}", tensor, persistent=False)
         self.projected_sides[target] = (u is not None, v is not None)
@@ -71,18 +73,23 @@ class LoraMultiheadAttention(nn.Module):
         """The effective (B, A) of one target: projected for Comp-LoRA, the raw parameters for LoRA."""
         a, b = self.lora_A[target], self.lora_B[target]
         project_out, project_in = self.projected_sides.get(target, (False, False))
-        if project_in:
-            v = getattr(self, f"proj_V_{target}")
-            a = a - (a @ v) @ v.T
-        if project_out:
-            u = getattr(self, f"proj_U_{target}")
-            b = b - u @ (u.T @ b)
+        if not (project_in or project_out):
+            return b, a
+        # Autocast would run these O(r d k) products in half precision and break the orthogonality.
+        with torch.autocast(a.device.type, enabled=False):
+            if project_in:
+                v = getattr(self, f"proj_V_{target}")
+                a = (a.to(v.dtype) - (a.to(v.dtype) @ v) @ v.T).to(a.dtype)
+            if project_out:
+                u = getattr(self, f"proj_U_{target}")
+                b = (b.to(u.dtype) - u @ (u.T @ b.to(u.dtype))).to(b.dtype)
         return b, a
 
     def delta_weight(self, target: str) -> torch.Tensor:
         """The dense update gamma * B_eff A_eff of one target map (for merging and checks, not forward)."""
         b, a = self.factors(target)
-        return self.scale * (b @ a)
+        with torch.autocast(a.device.type, enabled=False):
+            return self.scale * (b @ a)
 
     # ---- merge / unmerge ------------------------------------------------------------------------
 
@@ -114,9 +121,10 @@ class LoraMultiheadAttention(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
 
     def _qkv_lora(self, x: torch.Tensor, targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-rank codes z = A_cat dropout(x) for ``targets`` and the block matrix that lifts them to q|k|v."""
+        """Low-rank codes z_t = A_t dropout_t(x) for ``targets`` and the block matrix lifting them to q|k|v."""
         blocks_b, blocks_a = zip(*(self.factors(t) for t in targets), strict=True)
-        z = F.linear(self.lora_dropout(x), torch.cat(blocks_a))
+        # Each target draws its own dropout mask, as separate LoRA-wrapped projections do in CLIP-LoRA.
+        z = torch.cat([F.linear(self.lora_dropout(x), a) for a in blocks_a], dim=-1)
         width, n = self.rank * len(targets), len(targets)
         rows = []
         for name in QKV_INDEX:

@@ -21,7 +21,8 @@ _STATE_ATTRIBUTE = "complora_adapter"
 
 @dataclass(frozen=True)
 class AdapterState:
-    """What :func:`inject` did to a model: its config, the adapted matrix names, the projector used."""
+    """What :func:`inject` did to a model: its config, the adapted matrix names, the projector file used
+    (None when none was supplied) and the directions protected per matrix."""
 
     config: AdapterConfig
     matrices: tuple[str, ...]
@@ -72,11 +73,11 @@ def inject(model: nn.Module, config: AdapterConfig, projector: subspace.Projecto
     sites = find_attention_sites(model, config)
     for site in sites:
         check_supported_attention(site.name, site.module)
+    supplied = projector is not None and config.method == "complora"
     projector = _projection_for(model, config, projector)
 
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    names, directions = [], {}
+    # Every layer is built (and every k resolved) before the model is touched: a failure leaves it as it was.
+    names, directions, layers = [], {}, []
     for site in sites:
         # A new module starts in training mode; follow the wrapped one so an eval model stays in eval.
         layer = LoraMultiheadAttention(site.module, config).train(site.module.training)
@@ -92,11 +93,17 @@ def inject(model: nn.Module, config: AdapterConfig, projector: subspace.Projecto
                     basis.v[:, :k] if config.side in ("both", "input") else None,
                 )
                 directions[name] = k
+        layers.append(layer)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for site, layer in zip(sites, layers, strict=True):
         site.parent.attn = layer
     state = AdapterState(
         config=config,
         matrices=tuple(names),
-        projector_sha256=projector.sha256 if projector is not None else None,
+        # A projector computed on the spot is identified by the base weights and the directions alone:
+        # its bytes may differ across LAPACK builds and devices without changing the subspaces.
+        projector_sha256=projector.sha256 if supplied else None,
         directions=directions,
     )
     setattr(model, _STATE_ATTRIBUTE, state)

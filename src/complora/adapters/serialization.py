@@ -21,7 +21,7 @@ from complora import __version__
 from complora.atomic import write_json
 from complora.errors import ComploraError
 from complora.fingerprint import base_state, weights_sha256
-from complora.models import model_origin
+from complora.models import UNKNOWN, model_origin
 from complora.subspace import Projector
 from complora.tensorfile import save_tensors
 
@@ -31,6 +31,7 @@ from .model import adapter_layers, adapter_state, has_adapters, inject, is_merge
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 FORMAT = "complora-adapter"
+REQUIRED_KEYS = ("adapter", "matrices", "directions", "projector_sha256", "base")
 
 
 class AdapterMismatchError(ComploraError):
@@ -51,10 +52,23 @@ def _base_description(model: nn.Module) -> dict[str, Any]:
         return {**model_origin(model), "weights_sha256": weights_sha256(model)}
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write the adapter weights and their metadata (base model, versions, config, projector hash)."""
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike[str], *, base_model: str | None = None, pretrained: str | None = None
+) -> Path:
+    """Write the adapter weights and their metadata (base model, versions, config, projector hash).
+
+    The base model's name and pretrained tag come from :func:`complora.models.load_clip`; for a model
+    created otherwise pass them as ``base_model`` and ``pretrained``.
+    """
     state = adapter_state(model)
     directory = Path(path)
+    base = _base_description(model)
+    base.update({key: value for key, value in (("model", base_model), ("pretrained", pretrained)) if value})
+    if UNKNOWN in (base["model"], base["pretrained"]):
+        raise ComploraError(
+            "save_adapter: the base model's name or pretrained tag is unknown; create the model with "
+            "complora.models.load_clip or pass base_model= and pretrained="
+        )
     tensors = _adapter_tensors(model)
     metadata = {
         "format": FORMAT,
@@ -63,10 +77,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "matrices": list(state.matrices),
         "directions": state.directions,
         "projector_sha256": state.projector_sha256,
-        "base": _base_description(model),
+        "base": base,
         "trainable_parameters": sum(tensor.numel() for tensor in tensors.values()),
         "versions": {"complora": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__},
     }
+    # The JSON marks a finished save: drop an older one first so new weights never sit beside old metadata.
+    (directory / CONFIG_FILE).unlink(missing_ok=True)
     save_tensors(tensors, directory / WEIGHTS_FILE)
     write_json(directory / CONFIG_FILE, metadata)
     return directory
@@ -84,6 +100,9 @@ def read_adapter_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise AdapterMismatchError(f"{config_file} is not valid JSON ({error}); save the adapter again") from error
     if metadata.get("format") != FORMAT:
         raise AdapterMismatchError(f"{config_file}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise AdapterMismatchError(f"{config_file} lacks the fields {missing}; save the adapter again")
     return metadata
 
 
@@ -116,10 +135,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str], projector: Proj
         raise AdapterMismatchError(
             f"adapter {path} was saved with a different adapter config (saved != model): " + "; ".join(differences)
         )
-    if metadata["projector_sha256"] != state.projector_sha256:
+    saved_projector, model_projector = metadata["projector_sha256"], state.projector_sha256
+    if saved_projector and model_projector and saved_projector != model_projector:
         raise AdapterMismatchError(
-            f"adapter {path} was trained with projector {str(metadata['projector_sha256'])[:16]}… but the model "
-            f"carries projector {str(state.projector_sha256)[:16]}…; inject with the projector used in training"
+            f"adapter {path} was trained with projector file {saved_projector[:16]}… but the model carries "
+            f"projector {model_projector[:16]}…; inject with the projector file used in training"
+        )
+    if metadata["directions"] != state.directions:
+        changed = sorted(k for k in metadata["directions"] if metadata["directions"][k] != state.directions.get(k))
+        raise AdapterMismatchError(
+            f"adapter {path} protects other numbers of principal directions than the model's projector "
+            f"(first differing matrices: {changed[:3]}); inject with the projector used in training"
         )
     try:
         tensors = load_file(str(path / WEIGHTS_FILE))
