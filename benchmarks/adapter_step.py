@@ -29,7 +29,7 @@ from complora.subspace import build_projector
 
 
 class SplitQkvLoraAttention(nn.Module):
-    """Reference: q, k, v as three nn.Linear layers, each with its own LoRA branch."""
+    """Reference: q, k, v as three nn.Linear layers, each with its own LoRA branch and dropout mask."""
 
     def __init__(self, attention: nn.MultiheadAttention, config: AdapterConfig) -> None:
         super().__init__()
@@ -52,9 +52,9 @@ class SplitQkvLoraAttention(nn.Module):
 
     def forward(self, query, key, value, need_weights=False, attn_mask=None, **_):
         batch, length, width = query.shape
-        dropped = self.dropout(query)
+        # Each LoRA-wrapped Linear draws its own dropout mask, as in CLIP-LoRA.
         q, k, v = (
-            linear(query) + self.scale * F.linear(F.linear(dropped, a), b)
+            linear(query) + self.scale * F.linear(F.linear(self.dropout(query), a), b)
             for linear, a, b in zip(self.projections, self.lora_A, self.lora_B, strict=True)
         )
         q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))

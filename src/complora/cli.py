@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import resource
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 
 from . import __version__
 from .adapters.config import TARGETS, TOWERS, AdapterConfig, parse_k
 from .demo.datasets import DemoSizes, write_demo_world
+from .demo.pretrain import PretrainSettings, pretrain
 from .demo.tasks import TASKS
 from .errors import ComploraError
 from .models import load_clip
+from .runinfo import peak_gpu_memory_mib, peak_rss_mib
 from .subspace import build_projector, save_projector
-
-
-def _peak_memory_mib() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _peak_gpu_memory_mib() -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
 def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,10 +65,9 @@ def _run_projector(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     run_info = {
         "build_seconds": round(seconds, 3),
-        "peak_memory_mib": _peak_memory_mib(),
-        "peak_gpu_memory_mib": _peak_gpu_memory_mib(),
+        "peak_memory_mib": peak_rss_mib(),
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(),
         "device": str(args.device),
-        "open_clip_version": open_clip.__version__,
     }
     save_projector(projector, args.out, report_ks, extra=run_info)
     print(
@@ -86,13 +77,18 @@ def _run_projector(args: argparse.Namespace) -> None:
     )
 
 
+def _add_int_flags(parser: argparse.ArgumentParser, defaults: object, names: tuple[str, ...]) -> None:
+    """One ``--some-name N`` flag per dataclass field, defaulting to the dataclass's default."""
+    for name in names:
+        value = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")
+
+
 def _add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoSizes()
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist)")
     parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed gives byte-identical files")
-    for name in ("train_per_class", "val_per_class", "test_per_class", "image_size"):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=int, default=getattr(defaults, name), help=f"default {getattr(defaults, name)}")
+    _add_int_flags(parser, defaults, ("train_per_class", "val_per_class", "test_per_class", "image_size"))
 
 
 def _run_demo_data(args: argparse.Namespace) -> None:
@@ -100,6 +96,29 @@ def _run_demo_data(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     write_demo_world(args.out, args.seed, sizes)
     print(f"wrote {args.out}: {len(TASKS)} tasks in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+
+def _add_demo_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = PretrainSettings()
+    parser.add_argument("--data", type=Path, required=True, help="the demo world folder (from demo-data)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint and metadata.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (weights are reproducible per thread count)")
+    _add_int_flags(parser, defaults, ("steps", "batch_size", "pool_size"))
+
+
+def _run_demo_pretrain(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = PretrainSettings(steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    metadata = pretrain(args.data, args.out, args.seed, settings)
+    gates = metadata["quality_gates"]
+    print(
+        f"wrote {args.out}: zero-shot top-1 {metadata['zero_shot_top1']}, quality gates "
+        f"{'passed' if gates['passed'] else 'FAILED'}, {metadata['wall_seconds']} s",
+        file=sys.stderr,
+    )
 
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
@@ -112,6 +131,11 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "generate the demo world's downstream datasets (images, split files, class names, captions)",
         _add_demo_data_arguments,
         _run_demo_data,
+    ),
+    "demo-pretrain": (
+        "pretrain the demo's tiny CLIP contrastively on captioned scenes of the demo world",
+        _add_demo_pretrain_arguments,
+        _run_demo_pretrain,
     ),
 }
 
@@ -127,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         VERBS[args.verb][2](args)
     except ComploraError as error:

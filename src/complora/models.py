@@ -11,6 +11,10 @@ from torch import nn
 
 from .errors import ComploraError
 
+# Architectures shipped with complora (e.g. the demo's tiny CLIP), made known to open_clip on import.
+PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(PACKAGE_MODEL_CONFIGS)
+
 NO_WEIGHTS = "none"
 UNKNOWN = "unknown"
 _ORIGIN_ATTRIBUTE = "complora_origin"

@@ -17,13 +17,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
 from .adapters.config import AdapterConfig, KSpec, parse_k, resolve_k
 from .adapters.sites import adapted_matrices
 from .atomic import write_json
 from .errors import ComploraError
 from .fingerprint import tensors_sha256, weights_sha256
 from .models import model_origin
+from .runinfo import package_versions
 from .tensorfile import save_tensors
 
 FORMAT = "complora-projector"
@@ -155,8 +155,7 @@ def save_projector(
         "weights_sha256": projector.weights_sha256,
         "projector_sha256": digest,
         "origin": projector.origin,
-        "complora_version": __version__,
-        "torch_version": torch.__version__,
+        "versions": package_versions(),
         "matrices": projector.stats([parse_k(k) for k in report_ks]),
         **(extra or {}),
     }

@@ -66,7 +66,8 @@ def inject(model: nn.Module, config: AdapterConfig, projector: subspace.Projecto
     """Wrap the attention ``config`` selects with adapters, in place, and freeze everything else.
 
     For ``complora`` the principal bases come from ``projector`` (refused if built from other weights)
-    or, when it is None, from an SVD computed now. Returns the adapted matrix names.
+    or, when it is None, from an SVD computed now. A is drawn from torch's global generator (seed it
+    for reproducible runs); B starts at zero. Returns the adapted matrix names.
     """
     if has_adapters(model) or any(True for _ in adapter_layers(model)):
         raise ComploraError("this model already carries adapters; inject into a fresh model")

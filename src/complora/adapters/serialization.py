@@ -11,17 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from complora import __version__
 from complora.atomic import write_json
 from complora.errors import ComploraError
 from complora.fingerprint import base_state, weights_sha256
 from complora.models import UNKNOWN, model_origin
+from complora.runinfo import package_versions
 from complora.subspace import Projector
 from complora.tensorfile import save_tensors
 
@@ -79,7 +78,7 @@ def save_adapter(
         "projector_sha256": state.projector_sha256,
         "base": base,
         "trainable_parameters": sum(tensor.numel() for tensor in tensors.values()),
-        "versions": {"complora": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__},
+        "versions": package_versions(),
     }
     # The JSON marks a finished save: drop an older one first so new weights never sit beside old metadata.
     (directory / CONFIG_FILE).unlink(missing_ok=True)

@@ -87,6 +87,6 @@ def render(scene: Scene, side: int, rng: np.random.Generator) -> np.ndarray:
     image[darker] = fill * 0.35
 
     if scene.night:
-        image = image * 0.3 + np.array([5.0, 10.0, 35.0]) + rng.normal(0, 10, image.shape)
+        image = image * 0.45 + np.array([5.0, 10.0, 35.0]) + rng.normal(0, 10, image.shape)
     image = image.reshape(side, SUPERSAMPLE, side, SUPERSAMPLE, 3).mean(axis=(1, 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)

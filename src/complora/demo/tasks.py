@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .world import BACKGROUND_PHRASES, COLORS, PATTERNS, SHAPES
+from .world import BACKGROUND_PHRASES, COMMON_COLORS, PATTERNS, RARE_COLORS, SHAPES
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ TASKS: dict[str, DemoTask] = {
     task.name: task
     for task in (
         DemoTask("demo_shapes", "shape", SHAPES, SHAPES, "captioned"),
-        DemoTask("demo_colors", "color", tuple(COLORS), tuple(f"{c} shape" for c in COLORS), "captioned"),
+        DemoTask("demo_colors", "color", COMMON_COLORS, tuple(f"{c} shape" for c in COMMON_COLORS), "captioned"),
+        DemoTask("demo_rare_colors", "color", RARE_COLORS, tuple(f"{c} shape" for c in RARE_COLORS), "rare"),
         DemoTask(
             "demo_scenes",
             "background",

@@ -1,8 +1,8 @@
 """The demo world: scenes of one coloured, patterned shape on a background, and their captions.
 
-Attribute values are the words captions and class names use. The pattern attribute is rarely named in
-captions (see ``CAPTION_MENTION``), so a model pretrained on them knows patterns poorly: that is the
-world's built-in "poorly covered" concept.
+Attribute values are the words captions and class names use. Two kinds of knowledge are left out of
+pretraining on purpose: the fill pattern and five of the eleven colours (``RARE_COLORS``) are seldom
+named in captions (see ``CAPTION_MENTION``), although every colour and pattern is drawn equally often.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ COLORS = {
     "yellow": (235, 210, 40),
     "purple": (140, 50, 170),
     "orange": (240, 130, 30),
+    "pink": (250, 150, 190),
+    "cyan": (60, 210, 230),
+    "brown": (120, 75, 40),
+    "gray": (135, 135, 135),
+    "lime": (170, 235, 60),
 }
+# Colours that appear in pretraining images as often as the others but are rarely named in captions.
+RARE_COLORS = ("pink", "cyan", "brown", "gray", "lime")
+COMMON_COLORS = tuple(color for color in COLORS if color not in RARE_COLORS)
 PATTERNS = ("plain", "striped", "dotted", "checkered", "zigzag")
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
@@ -32,8 +40,9 @@ CAPTION_MENTION = {
     "background": 0.7,
     "size": 0.4,
     "position": 0.3,
-    "pattern": 0.03,
+    "pattern": 0.12,
 }
+RARE_COLOR_MENTION = 0.03
 POSITION_PHRASES = {
     "left": "on the left",
     "right": "on the right",
@@ -84,7 +93,8 @@ def _article(phrase: str) -> str:
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """A caption naming a random subset of the scene's attributes (the shape almost always)."""
-    named = {name for name, share in CAPTION_MENTION.items() if rng.random() < share}
+    mention = {**CAPTION_MENTION, **({"color": RARE_COLOR_MENTION} if scene.color in RARE_COLORS else {})}
+    named = {name for name, share in mention.items() if rng.random() < share}
     words = [getattr(scene, name) for name in ("size", "color", "pattern") if name in named]
     noun = scene.shape if "shape" in named else "shape"
     phrase = " ".join([*words, noun])

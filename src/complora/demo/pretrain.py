@@ -1,0 +1,200 @@
+"""Contrastive pretraining of the demo's tiny CLIP on captioned scenes (stands in for downloading weights).
+
+Pretraining images are day-time scenes drawn from their own seed stream; any that happens to equal a
+downstream test image pixel for pixel is dropped, so test splits never leak into pretraining. Night
+renders never appear (that is what makes ``demo_night_shapes`` a shifted task), and captions rarely name
+the fill pattern (see ``world.CAPTION_MENTION``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from tqdm import tqdm
+
+from complora.atomic import write_json
+from complora.errors import ComploraError
+from complora.evaluation import DEFAULT_TEMPLATE, normalize_images, zero_shot_accuracy
+from complora.fingerprint import weights_sha256
+from complora.models import load_clip
+from complora.runinfo import package_versions, peak_rss_mib
+from complora.splitdata import classnames, labels, load_images, read_split
+from complora.tensorfile import save_tensors
+
+from .render import render
+from .world import caption, sample_scene
+
+ARCHITECTURE = "demo-vit-tiny"
+CHECKPOINT_FILE = "open_clip_model.safetensors"
+METADATA_FILE = "metadata.json"
+POOL_STREAM = 7919  # seeds pretraining scenes apart from every downstream split's generators
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int = 700
+    batch_size: int = 256
+    pool_size: int = 24000
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 70
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value <= 0 and name != "weight_decay":
+                raise ComploraError(f"{name.replace('_', '-')}: must be positive, got {value}")
+        if self.batch_size > self.pool_size:
+            raise ComploraError(f"batch-size {self.batch_size} exceeds pool-size {self.pool_size}; raise pool-size")
+
+
+@dataclass(frozen=True)
+class QualityGates:
+    """What a usable demo world needs: some tasks known zero-shot, some not, none at chance."""
+
+    min_good_tasks: int = 2
+    good_accuracy: float = 60.0
+    poor_accuracy: float = 40.0
+
+    def check(self, accuracy: dict[str, float], chance: dict[str, float]) -> dict[str, Any]:
+        good = [task for task, value in accuracy.items() if value >= self.good_accuracy]
+        poor = [task for task, value in accuracy.items() if value <= self.poor_accuracy]
+        at_chance = [task for task, value in accuracy.items() if value <= chance[task]]
+        results = {
+            f"at_least_{self.min_good_tasks}_tasks_at_or_above_{self.good_accuracy:g}": len(good)
+            >= self.min_good_tasks,
+            f"at_least_one_task_at_or_below_{self.poor_accuracy:g}": bool(poor),
+            "every_task_above_chance": not at_chance,
+        }
+        return {**results, "passed": all(results.values()), "good": good, "poor": poor, "at_chance": at_chance}
+
+
+def _pixels_sha256(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def build_pool(seed: int, size: int, image_size: int, excluded: set[str]) -> tuple[np.ndarray, list, int]:
+    """``size`` day-time scenes and their renders, skipping any render whose pixels are in ``excluded``."""
+    images, scenes, dropped, index = [], [], 0, 0
+    with tqdm(total=size, desc="pretraining images", unit="img", leave=False) as bar:
+        while len(images) < size:
+            rng = np.random.default_rng([seed, POOL_STREAM, index])
+            index += 1
+            scene = sample_scene(rng)
+            pixels = render(scene, image_size, rng)
+            if _pixels_sha256(pixels) in excluded:
+                dropped += 1
+                continue
+            images.append(pixels)
+            scenes.append(scene)
+            bar.update()
+    return np.stack(images), scenes, dropped
+
+
+def _test_sets(world: Path, size: int) -> dict[str, dict[str, Any]]:
+    manifest_path = world / "world.json"
+    if not manifest_path.is_file():
+        raise ComploraError(f"--data {world}: no world.json; generate the world with `complora demo-data` first")
+    manifest = json.loads(manifest_path.read_text())
+    tests = {}
+    for task in manifest["tasks"]:
+        entries = read_split(world / task / "split.json")["test"]
+        tests[task] = {
+            "images": load_images(world / task, entries, size),
+            "labels": labels(entries),
+            "classnames": classnames(entries),
+        }
+    return tests
+
+
+def _learning_rate(step: int, settings: PretrainSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pretrain(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    seed: int = 0,
+    settings: PretrainSettings | None = None,
+    gates: QualityGates | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``demo-vit-tiny`` on the world in ``data``; write the checkpoint and ``metadata.json`` to
+    ``out`` (metadata last, marking a finished run) and return the metadata."""
+    settings, gates = settings or PretrainSettings(), gates or QualityGates()
+    world, out = Path(data), Path(out)
+    start = time.perf_counter()
+    model = load_clip(ARCHITECTURE, "none", seed=seed)
+    image_size = model.visual.image_size[0]
+    tests = _test_sets(world, image_size)
+    excluded = {_pixels_sha256(image.numpy()) for test in tests.values() for image in test["images"]}
+    pool, scenes, dropped = build_pool(seed, settings.pool_size, image_size, excluded)
+    data_seconds = time.perf_counter() - start
+
+    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
+    loss_fn = open_clip.ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng([seed, POOL_STREAM + 1])
+    torch.manual_seed(seed)
+    model.train()
+    bar = tqdm(range(settings.steps), desc="pretraining", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, settings)
+        batch = rng.choice(len(pool), size=settings.batch_size, replace=False)
+        images = normalize_images(torch.from_numpy(pool[batch]))
+        texts = tokenizer([caption(scenes[i], rng) for i in batch])
+        image_features, text_features, logit_scale = model(images, texts)
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 100 == 0 or step == settings.steps - 1:
+            log.info("step %d loss %.4f", step, loss.item())
+    model.eval()
+    train_seconds = time.perf_counter() - start - data_seconds
+
+    accuracy = {
+        task: round(zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"]), 2)
+        for task, test in tests.items()
+    }
+    chance = {task: 100.0 / len(test["classnames"]) for task, test in tests.items()}
+    metadata = {
+        "architecture": ARCHITECTURE,
+        "seed": seed,
+        "steps": settings.steps,
+        "settings": asdict(settings),
+        "threads": torch.get_num_threads(),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "peak_rss_mib": peak_rss_mib(),
+        "weights_sha256": weights_sha256(model),
+        "pool": {"images": len(pool), "dropped_as_test_duplicates": dropped},
+        "world_seed": json.loads((world / "world.json").read_text())["seed"],
+        "zero_shot_template": DEFAULT_TEMPLATE,
+        "zero_shot_top1": accuracy,
+        "chance_top1": {task: round(value, 2) for task, value in chance.items()},
+        "quality_gates": gates.check(accuracy, chance),
+        "versions": package_versions(),
+    }
+    (out / METADATA_FILE).unlink(missing_ok=True)
+    save_tensors(dict(model.state_dict()), out / CHECKPOINT_FILE, {"format": "open_clip"})
+    write_json(out / METADATA_FILE, metadata)
+    return metadata

@@ -1,0 +1,110 @@
+"""Few-shot fine-tuning of an adapted CLIP, CLIP-LoRA style (design.md, "Methods").
+
+Cross-entropy over cosine logits (scale 100) between augmented images and the class prompts, AdamW with
+a cosine schedule, and the final iterate returned (no selection on test). Text features are recomputed
+every step only when the text tower has trainable parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from tqdm import tqdm
+
+from .evaluation import DEFAULT_TEMPLATE, normalize_images
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """CLIP-LoRA's optimisation hyperparameters; ``iterations`` is 500 x shots in the paper."""
+
+    iterations: int
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-2
+    min_learning_rate: float = 1e-6
+    logit_scale: float = 100.0
+    template: str = DEFAULT_TEMPLATE
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+
+
+def augment(images: torch.Tensor, crop_scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop (bicubic, to the input size) and horizontal flip of uint8 (N, H, W, 3) images."""
+    batch = images.permute(0, 3, 1, 2)
+    size = list(batch.shape[-2:])
+    area = size[0] * size[1]
+    out = []
+    for image in batch:
+        # torchvision's RandomResizedCrop sampling, drawn from our generator so runs are reproducible.
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*crop_scale, generator=generator).item()
+            log_ratio = torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).item()
+            width = round(math.sqrt(target * math.exp(log_ratio)))
+            height = round(math.sqrt(target / math.exp(log_ratio)))
+            if 0 < width <= size[1] and 0 < height <= size[0]:
+                top = int(torch.randint(0, size[0] - height + 1, (1,), generator=generator))
+                left = int(torch.randint(0, size[1] - width + 1, (1,), generator=generator))
+                break
+        else:
+            top, left, height, width = 0, 0, size[0], size[1]
+        crop = TF.resized_crop(image, top, left, height, width, size, InterpolationMode.BICUBIC, antialias=True)
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop = TF.horizontal_flip(crop)
+        out.append(crop)
+    return normalize_images(torch.stack(out).permute(0, 2, 3, 1))
+
+
+def _text_tower_trainable(model: nn.Module) -> bool:
+    return any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("visual."))
+
+
+def finetune(
+    model: nn.Module,
+    tokenizer: Callable,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: list[str],
+    settings: FinetuneSettings,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train the model's trainable parameters on the few-shot set; returns loss and timing figures."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations, settings.min_learning_rate)
+    tokens = tokenizer([settings.template.format(name) for name in classnames]).to(device)
+    text_trainable = _text_tower_trainable(model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    if not text_trainable:
+        with torch.no_grad(), autocast:
+            fixed_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+
+    model.train()
+    start, order, position, loss = time.perf_counter(), torch.empty(0, dtype=torch.long), 0, torch.tensor(0.0)
+    for _ in tqdm(range(settings.iterations), desc="fine-tuning", unit="it", leave=False):
+        if position + settings.batch_size > len(order):
+            order, position = torch.randperm(len(images), generator=generator), 0
+        batch = order[position : position + settings.batch_size]
+        position += settings.batch_size
+        inputs = augment(images[batch], settings.crop_scale, generator).to(device)
+        with autocast:
+            image_features = F.normalize(model.encode_image(inputs).float(), dim=-1)
+            text = F.normalize(model.encode_text(tokens).float(), dim=-1) if text_trainable else fixed_text
+            loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return {"final_loss": loss.item(), "train_seconds": time.perf_counter() - start}
