@@ -93,7 +93,7 @@ def test_images_show_their_label(world):
 
     # Night renders are darker than day renders of the same classes.
     assert pixels("demo_night_shapes", "circle").mean() < 0.7 * pixels("demo_shapes", "circle").mean()
-    # Snow backgrounds are brighter than water ones; patterned fills have more contrast than plain ones.
+    # Snow backgrounds are brighter than water ones; red shapes are redder than blue ones.
     assert pixels("demo_scenes", "shape in the snow").mean() > pixels("demo_scenes", "shape on water").mean() + 40
     red, blue = pixels("demo_colors", "red shape"), pixels("demo_colors", "blue shape")
     assert (red[..., 0] - red[..., 2]).mean() > (blue[..., 0] - blue[..., 2]).mean() + 10

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -15,7 +18,7 @@ from complora.demo.pretrain import CHECKPOINT_FILE, PretrainSettings, QualityGat
 from complora.errors import ComploraError
 from complora.fingerprint import weights_sha256
 
-TINY_RUN = PretrainSettings(steps=3, batch_size=16, pool_size=48, warmup_steps=1)
+TINY_RUN = PretrainSettings(steps=3, batch_size=16, pool_size=48)
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +69,48 @@ def test_quality_gates():
     assert gates.check({"a": 80.0, "b": 60.0, "c": 20.0}, chance)["at_chance"] == ["c"]
 
 
-def test_missing_world_is_a_clear_error(tmp_path):
+def test_missing_stale_or_edited_worlds_are_clear_errors(world, tmp_path):
     with pytest.raises(ComploraError, match="generate the world with `complora demo-data` first"):
         pretrain(tmp_path, tmp_path / "out", settings=TINY_RUN)
+    copy = tmp_path / "copy"
+    shutil.copytree(world, copy)
+    manifest = json.loads((copy / "world.json").read_text())
+    (copy / "demo_shapes" / "split.json").write_text('{"train": [], "val": [], "test": []}')
+    with pytest.raises(ComploraError, match=r"demo_shapes/split\.json is missing or differs from its hash"):
+        pretrain(copy, tmp_path / "out", settings=TINY_RUN)
+    (copy / "world.json").write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(ComploraError, match="world version 1"):
+        pretrain(copy, tmp_path / "out", settings=TINY_RUN)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_reduced_pretraining_learns_the_captioned_tasks(world, tmp_path):
-    # A few hundred small steps already teach the attributes every caption names; the full-size gates
-    # (benchmarks/README.md) need the default settings.
+def test_reduced_pretraining_meets_the_coverage_gates(world, tmp_path):
+    # A few hundred small steps already teach the attributes captions name and leave the rare ones unknown;
+    # the full gates, every task above chance included, need the default settings (benchmarks/README.md).
     torch.set_num_threads(2)
-    settings = PretrainSettings(steps=150, batch_size=128, pool_size=4000, warmup_steps=20)
+    settings = PretrainSettings(steps=150, batch_size=128, pool_size=4000)
     metadata = pretrain(world, tmp_path, seed=0, settings=settings)
-    accuracy = metadata["zero_shot_top1"]
-    assert accuracy["demo_colors"] >= 60 and accuracy["demo_scenes"] >= 60, accuracy
-    assert all(accuracy[task] > metadata["chance_top1"][task] for task in ("demo_colors", "demo_scenes", "demo_shapes"))
+    gates, accuracy = metadata["quality_gates"], metadata["zero_shot_top1"]
+    assert gates["at_least_2_tasks_at_or_above_60"] and gates["at_least_one_task_at_or_below_40"], accuracy
+    assert {"demo_colors", "demo_scenes"} <= set(gates["good"]) and "demo_patterns" in gates["poor"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "complora.cli", "demo-pretrain", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_pretrains_and_reports_bad_input(world, tmp_path):
+    small = ["--steps", "2", "--batch-size", "8", "--pool-size", "16", "--threads", "1"]
+    result = _cli("--data", str(world), "--out", str(tmp_path / "model"), *small)
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert metadata["threads"] == 1 and metadata["steps"] == 2
+    assert "pretraining" in result.stderr, "a progress bar is shown"
+
+    missing = _cli("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2"), *small)
+    assert missing.returncode == 2 and "complora demo-data" in missing.stderr and "Traceback" not in missing.stderr
+    too_big = _cli("--data", str(world), "--out", str(tmp_path / "m3"), "--batch-size", "64", "--pool-size", "32")
+    assert too_big.returncode == 2 and "batch-size 64 exceeds pool-size 32" in too_big.stderr
+    assert not (tmp_path / "m2" / "metadata.json").exists() and not (tmp_path / "m3" / "metadata.json").exists()

@@ -92,6 +92,7 @@ def _add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo_data(args: argparse.Namespace) -> None:
+    _check_seed(args.seed)
     sizes = DemoSizes(args.train_per_class, args.val_per_class, args.test_per_class, args.image_size)
     start = time.perf_counter()
     write_demo_world(args.out, args.seed, sizes)
@@ -107,11 +108,18 @@ def _add_demo_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     _add_int_flags(parser, defaults, ("steps", "batch_size", "pool_size"))
 
 
+def _check_seed(seed: int) -> None:
+    if seed < 0:
+        raise ComploraError(f"--seed {seed}: must be 0 or more")
+
+
 def _run_demo_pretrain(args: argparse.Namespace) -> None:
+    _check_seed(args.seed)
     if args.threads is not None:
+        if args.threads < 1:
+            raise ComploraError(f"--threads {args.threads}: must be 1 or more")
         torch.set_num_threads(args.threads)
     settings = PretrainSettings(steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size)
-    args.out.mkdir(parents=True, exist_ok=True)
     metadata = pretrain(args.data, args.out, args.seed, settings)
     gates = metadata["quality_gates"]
     print(

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
+from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, normalize_images
 
 
@@ -35,6 +36,14 @@ class FinetuneSettings:
     logit_scale: float = 100.0
     template: str = DEFAULT_TEMPLATE
     crop_scale: tuple[float, float] = (0.08, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ComploraError(
+                f"iterations and batch_size must be at least 1, got {self.iterations}, {self.batch_size}"
+            )
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ComploraError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
 
 
 def augment(images: torch.Tensor, crop_scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:

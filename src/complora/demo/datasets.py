@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image
 from tqdm import tqdm
 
+from complora import __version__
+from complora.atomic import default_permissions
 from complora.errors import ComploraError
 
 from .render import render
@@ -27,7 +30,7 @@ from .tasks import TASKS, DemoTask
 from .world import caption, sample_scene
 
 SPLITS = ("train", "val", "test")
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # bump whenever the same seed would draw different images or captions
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,15 @@ def write_demo_world(out: str | os.PathLike[str], seed: int = 0, sizes: DemoSize
     target = Path(out)
     if target.exists():
         raise ComploraError(f"--out {target} already exists; remove it or choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        manifest = {"version": WORLD_VERSION, "seed": seed, "sizes": asdict(sizes), "tasks": {}}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError as error:
+        raise ComploraError(f"--out {target}: cannot create the folder ({error})") from error
+    try:
+        # numpy draws the scenes and Pillow/zlib encode the PNGs: their versions decide the bytes.
+        versions = {"complora": __version__, "numpy": np.__version__, "pillow": PIL.__version__}
+        manifest = {"version": WORLD_VERSION, "seed": seed, "sizes": asdict(sizes), "versions": versions, "tasks": {}}
         for task_index, task in enumerate(tqdm(list(TASKS.values()), desc="demo tasks", unit="task")):
             split_sha256 = _write_task(staging / task.name, task, task_index, seed, sizes)
             manifest["tasks"][task.name] = {
@@ -98,6 +106,7 @@ def write_demo_world(out: str | os.PathLike[str], seed: int = 0, sizes: DemoSize
                 "split_sha256": split_sha256,
             }
         (staging / "world.json").write_text(_dump(manifest))
+        default_permissions(staging, directory=True)
         staging.rename(target)
     finally:
         if staging.exists():

@@ -32,6 +32,7 @@ from complora.runinfo import package_versions, peak_rss_mib
 from complora.splitdata import classnames, labels, load_images, read_split
 from complora.tensorfile import save_tensors
 
+from .datasets import WORLD_VERSION
 from .render import render
 from .world import caption, sample_scene
 
@@ -49,7 +50,7 @@ class PretrainSettings:
     pool_size: int = 24000
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 70
+    warmup_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -57,6 +58,12 @@ class PretrainSettings:
                 raise ComploraError(f"{name.replace('_', '-')}: must be positive, got {value}")
         if self.batch_size > self.pool_size:
             raise ComploraError(f"batch-size {self.batch_size} exceeds pool-size {self.pool_size}; raise pool-size")
+        if self.warmup_fraction >= 1:
+            raise ComploraError(f"warmup-fraction: must be below 1, got {self.warmup_fraction}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup_fraction * self.steps))
 
 
 @dataclass(frozen=True)
@@ -102,16 +109,38 @@ def build_pool(seed: int, size: int, image_size: int, excluded: set[str]) -> tup
     return np.stack(images), scenes, dropped
 
 
-def _test_sets(world: Path, size: int) -> dict[str, dict[str, Any]]:
+def read_world(world: Path, image_size: int) -> dict[str, Any]:
+    """The world's manifest, checked: right version, the model's image size, split files as recorded."""
     manifest_path = world / "world.json"
     if not manifest_path.is_file():
         raise ComploraError(f"--data {world}: no world.json; generate the world with `complora demo-data` first")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        version, size, tasks = manifest["version"], manifest["sizes"]["image_size"], manifest["tasks"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ComploraError(f"{manifest_path} is not a demo world manifest ({error!r}); regenerate the world") from None
+    if version != WORLD_VERSION:
+        raise ComploraError(
+            f"{manifest_path}: world version {version}, this complora writes {WORLD_VERSION}; regenerate the world"
+        )
+    if size != image_size:
+        raise ComploraError(
+            f"{manifest_path}: sizes.image_size is {size} but {ARCHITECTURE} takes {image_size}; regenerate the "
+            f"world with --image-size {image_size}"
+        )
+    for task, entry in tasks.items():
+        split_file = world / entry["split_file"]
+        if not split_file.is_file() or hashlib.sha256(split_file.read_bytes()).hexdigest() != entry["split_sha256"]:
+            raise ComploraError(f"{split_file} is missing or differs from its hash in world.json; regenerate {task}")
+    return {**manifest, "sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest()}
+
+
+def _test_sets(world: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     tests = {}
     for task in manifest["tasks"]:
         entries = read_split(world / task / "split.json")["test"]
         tests[task] = {
-            "images": load_images(world / task, entries, size),
+            "images": load_images(world / task, entries, manifest["sizes"]["image_size"]),
             "labels": labels(entries),
             "classnames": classnames(entries),
         }
@@ -139,7 +168,8 @@ def pretrain(
     start = time.perf_counter()
     model = load_clip(ARCHITECTURE, "none", seed=seed)
     image_size = model.visual.image_size[0]
-    tests = _test_sets(world, image_size)
+    manifest = read_world(world, image_size)
+    tests = _test_sets(world, manifest)
     excluded = {_pixels_sha256(image.numpy()) for test in tests.values() for image in test["images"]}
     pool, scenes, dropped = build_pool(seed, settings.pool_size, image_size, excluded)
     data_seconds = time.perf_counter() - start
@@ -148,7 +178,6 @@ def pretrain(
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     rng = np.random.default_rng([seed, POOL_STREAM + 1])
-    torch.manual_seed(seed)
     model.train()
     bar = tqdm(range(settings.steps), desc="pretraining", unit="step")
     for step in bar:
@@ -179,7 +208,7 @@ def pretrain(
         "architecture": ARCHITECTURE,
         "seed": seed,
         "steps": settings.steps,
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "warmup_steps": settings.warmup_steps},
         "threads": torch.get_num_threads(),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "data_seconds": round(data_seconds, 1),
@@ -187,13 +216,18 @@ def pretrain(
         "peak_rss_mib": peak_rss_mib(),
         "weights_sha256": weights_sha256(model),
         "pool": {"images": len(pool), "dropped_as_test_duplicates": dropped},
-        "world_seed": json.loads((world / "world.json").read_text())["seed"],
+        "world": {"seed": manifest["seed"], "sizes": manifest["sizes"], "world_json_sha256": manifest["sha256"]},
+        "device": "cpu",
         "zero_shot_template": DEFAULT_TEMPLATE,
         "zero_shot_top1": accuracy,
         "chance_top1": {task: round(value, 2) for task, value in chance.items()},
         "quality_gates": gates.check(accuracy, chance),
         "versions": package_versions(),
     }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ComploraError(f"--out {out}: cannot create the folder ({error})") from error
     (out / METADATA_FILE).unlink(missing_ok=True)
     save_tensors(dict(model.state_dict()), out / CHECKPOINT_FILE, {"format": "open_clip"})
     write_json(out / METADATA_FILE, metadata)

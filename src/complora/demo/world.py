@@ -83,6 +83,9 @@ def sample_scene(rng: np.random.Generator, night: bool = False, **fixed: str) ->
         "position": POSITIONS,
         "background": BACKGROUNDS,
     }
+    for name, value in fixed.items():
+        if name not in choices or value not in choices[name]:
+            raise ValueError(f"sample_scene: {name}={value!r} is not a scene attribute value; see {list(choices)}")
     values = {name: fixed.get(name) or str(rng.choice(options)) for name, options in choices.items()}
     return Scene(**values, night=night)
 
