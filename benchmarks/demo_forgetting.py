@@ -22,45 +22,33 @@ import torch
 
 from complora.adapters import AdapterConfig, inject
 from complora.demo.datasets import write_demo_world
-from complora.demo.pretrain import ARCHITECTURE, CHECKPOINT_FILE, pretrain
-from complora.evaluation import zero_shot_accuracy
+from complora.demo.pretrain import (
+    ARCHITECTURE,
+    CHECKPOINT_FILE,
+    load_test_sets,
+    pretrain,
+    read_world,
+    zero_shot_top1,
+)
 from complora.finetune import FinetuneSettings, finetune
 from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
-from complora.splitdata import classnames, labels, load_images, read_split, sample_few_shot
+from complora.splitdata import labels, load_images, read_split, sample_few_shot
 
 FORGETTING_THRESHOLD = -1.0  # mean retention (points) below which LoRA counts as forgetting
 TARGET_GAIN = 15.0  # points LoRA should add on the adapted task (issue: the world leaves adaptation work to do)
 
 
-def load_task(world: Path, task: str, image_size: int) -> dict:
-    splits = read_split(world / task / "split.json")
-    return {
-        "splits": splits,
-        "classnames": classnames(splits["test"]),
-        "test_images": load_images(world / task, splits["test"], image_size),
-        "test_labels": labels(splits["test"]),
-    }
-
-
-def evaluate(model, tokenizer, tasks: dict) -> dict[str, float]:
-    return {
-        name: round(zero_shot_accuracy(model, tokenizer, t["test_images"], t["test_labels"], t["classnames"]), 2)
-        for name, t in tasks.items()
-    }
-
-
 def run(args: argparse.Namespace, world: Path, checkpoint: Path) -> dict:
-    image_size = json.loads((world / "world.json").read_text())["sizes"]["image_size"]
-    task_names = list(json.loads((world / "world.json").read_text())["tasks"])
-    tasks = {name: load_task(world, name, image_size) for name in task_names}
-    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
     base = load_clip(ARCHITECTURE, str(checkpoint)).eval()
-    pretrained = evaluate(base, tokenizer, tasks)
+    image_size = base.visual.image_size[0]
+    tasks = load_test_sets(world, read_world(world, image_size))
+    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
+    pretrained = zero_shot_top1(base, tokenizer, tasks)
 
     target = tasks[args.task]
-    shots = sample_few_shot(target["splits"]["train"], args.shots, args.seed)
+    shots = sample_few_shot(read_split(world / args.task / "split.json")["train"], args.shots, args.seed)
     images = load_images(world / args.task, shots, image_size)
     variants = [("lora", 0)] + [("complora", k) for k in args.k]
 
@@ -70,7 +58,7 @@ def run(args: argparse.Namespace, world: Path, checkpoint: Path) -> dict:
         inject(model, AdapterConfig(method=method, k=k))
         settings = FinetuneSettings(iterations=args.iterations, learning_rate=learning_rate)
         figures = finetune(model, tokenizer, images, labels(shots), target["classnames"], settings, seed=args.seed)
-        accuracy = evaluate(model, tokenizer, tasks)
+        accuracy = zero_shot_top1(model, tokenizer, tasks)
         retention = {name: round(accuracy[name] - pretrained[name], 2) for name in tasks if name != args.task}
         result = {
             "method": method,

@@ -3,7 +3,7 @@
 Pretraining images are day-time scenes drawn from their own seed stream; any that happens to equal a
 downstream test image pixel for pixel is dropped, so test splits never leak into pretraining. Night
 renders never appear (that is what makes ``demo_night_shapes`` a shifted task), and captions rarely name
-the fill pattern (see ``world.CAPTION_MENTION``).
+the fill pattern or the rare colours (see ``world.CAPTION_MENTION`` and ``world.RARE_COLORS``).
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ class QualityGates:
         good = [task for task, value in accuracy.items() if value >= self.good_accuracy]
         poor = [task for task, value in accuracy.items() if value <= self.poor_accuracy]
         at_chance = [task for task, value in accuracy.items() if value <= chance[task]]
+        enough_good = len(good) >= self.min_good_tasks
         results = {
-            f"at_least_{self.min_good_tasks}_tasks_at_or_above_{self.good_accuracy:g}": len(good)
-            >= self.min_good_tasks,
+            f"at_least_{self.min_good_tasks}_tasks_at_or_above_{self.good_accuracy:g}": enough_good,
             f"at_least_one_task_at_or_below_{self.poor_accuracy:g}": bool(poor),
             "every_task_above_chance": not at_chance,
         }
@@ -135,7 +135,8 @@ def read_world(world: Path, image_size: int) -> dict[str, Any]:
     return {**manifest, "sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest()}
 
 
-def _test_sets(world: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def load_test_sets(world: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task's test split in memory: uint8 images, labels and class names."""
     tests = {}
     for task in manifest["tasks"]:
         entries = read_split(world / task / "split.json")["test"]
@@ -145,6 +146,14 @@ def _test_sets(world: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any
             "classnames": classnames(entries),
         }
     return tests
+
+
+def zero_shot_top1(model: torch.nn.Module, tokenizer: Any, tests: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Zero-shot top-1 (%) of every task in ``tests`` with the default prompt, rounded to 2 decimals."""
+    return {
+        task: round(zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"]), 2)
+        for task, test in tests.items()
+    }
 
 
 def _learning_rate(step: int, settings: PretrainSettings) -> float:
@@ -169,7 +178,7 @@ def pretrain(
     model = load_clip(ARCHITECTURE, "none", seed=seed)
     image_size = model.visual.image_size[0]
     manifest = read_world(world, image_size)
-    tests = _test_sets(world, manifest)
+    tests = load_test_sets(world, manifest)
     excluded = {_pixels_sha256(image.numpy()) for test in tests.values() for image in test["images"]}
     pool, scenes, dropped = build_pool(seed, settings.pool_size, image_size, excluded)
     data_seconds = time.perf_counter() - start
@@ -199,10 +208,7 @@ def pretrain(
     model.eval()
     train_seconds = time.perf_counter() - start - data_seconds
 
-    accuracy = {
-        task: round(zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"]), 2)
-        for task, test in tests.items()
-    }
+    accuracy = zero_shot_top1(model, tokenizer, tests)
     chance = {task: 100.0 / len(test["classnames"]) for task, test in tests.items()}
     metadata = {
         "architecture": ARCHITECTURE,
