@@ -34,7 +34,8 @@ from complora.finetune import FinetuneSettings, finetune
 from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
-from complora.splitdata import labels, load_images, read_split, sample_few_shot
+from complora.splitdata import labels, load_images
+from complora.splitfile import read_split, sample_few_shot
 
 FORGETTING_THRESHOLD = -1.0  # mean retention (points) below which LoRA counts as forgetting
 TARGET_GAIN = 15.0  # points LoRA should add on the adapted task (issue: the world leaves adaptation work to do)

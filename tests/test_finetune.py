@@ -7,7 +7,7 @@ import torch
 
 from complora.adapters import AdapterConfig, adapter_layers, inject
 from complora.finetune import FinetuneSettings, augment, finetune
-from complora.splitdata import sample_few_shot
+from complora.splitfile import sample_few_shot
 
 
 def _few_shot_problem() -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from . import __version__
-from .adapters.config import TARGETS, TOWERS, AdapterConfig, parse_k
-from .demo.datasets import DemoSizes, write_demo_world
-from .demo.pretrain import PretrainSettings, pretrain
-from .demo.tasks import TASKS
 from .errors import ComploraError
-from .models import load_clip
-from .runinfo import peak_gpu_memory_mib, peak_rss_mib
-from .subspace import build_projector, save_projector
+
+# Verbs import their heavy modules (torch, open_clip) inside their functions: a job that only draws a
+# k-shot split then starts in a fraction of a second, which matters with hundreds of jobs.
 
 
 def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
+    from .adapters.config import TARGETS, TOWERS, AdapterConfig
+
     parser.add_argument("--model", required=True, help="open_clip architecture name, or an open_clip JSON config file")
     parser.add_argument("--pretrained", required=True, help="open_clip pretrained tag, checkpoint path, or 'none'")
     parser.add_argument("--k-max", type=int, required=True, help="directions stored per matrix (largest k to be used)")
@@ -42,6 +39,8 @@ def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_device(device: str) -> None:
+    import torch
+
     try:
         kind = torch.device(device).type
     except RuntimeError as error:
@@ -51,6 +50,11 @@ def _check_device(device: str) -> None:
 
 
 def _run_projector(args: argparse.Namespace) -> None:
+    from .adapters.config import AdapterConfig, parse_k
+    from .models import load_clip
+    from .runinfo import peak_gpu_memory_mib, peak_rss_mib
+    from .subspace import build_projector, save_projector
+
     if args.out.suffix != ".safetensors":
         raise ComploraError(f"--out {args.out}: the projector file must end in .safetensors")
     if args.k_max < 0:
@@ -85,6 +89,8 @@ def _add_int_flags(parser: argparse.ArgumentParser, defaults: object, names: tup
 
 
 def _add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo.datasets import DemoSizes
+
     defaults = DemoSizes()
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist)")
     parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed gives byte-identical files")
@@ -92,6 +98,9 @@ def _add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo_data(args: argparse.Namespace) -> None:
+    from .demo.datasets import DemoSizes, write_demo_world
+    from .demo.tasks import TASKS
+
     _check_seed(args.seed)
     sizes = DemoSizes(args.train_per_class, args.val_per_class, args.test_per_class, args.image_size)
     start = time.perf_counter()
@@ -100,6 +109,8 @@ def _run_demo_data(args: argparse.Namespace) -> None:
 
 
 def _add_demo_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo.pretrain import PretrainSettings
+
     defaults = PretrainSettings()
     parser.add_argument("--data", type=Path, required=True, help="the demo world folder (from demo-data)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint and metadata.json")
@@ -113,12 +124,20 @@ def _check_seed(seed: int) -> None:
         raise ComploraError(f"--seed {seed}: must be 0 or more")
 
 
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ComploraError(f"--threads {threads}: must be 1 or more")
+        torch.set_num_threads(threads)
+
+
 def _run_demo_pretrain(args: argparse.Namespace) -> None:
+    from .demo.pretrain import PretrainSettings, pretrain
+
     _check_seed(args.seed)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ComploraError(f"--threads {args.threads}: must be 1 or more")
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     settings = PretrainSettings(steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size)
     metadata = pretrain(args.data, args.out, args.seed, settings)
     gates = metadata["quality_gates"]
@@ -127,6 +146,142 @@ def _run_demo_pretrain(args: argparse.Namespace) -> None:
         f"{'passed' if gates['passed'] else 'FAILED'}, {metadata['wall_seconds']} s",
         file=sys.stderr,
     )
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split-file", type=Path, required=True, help="the dataset's CoOp split file (JSON)")
+    parser.add_argument("--dataset", required=True, help="dataset name, recorded in the k-shot split")
+    parser.add_argument("--shots", type=int, required=True, help="training images per class")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="k-shot split file to write (JSON)")
+
+
+def _run_split(args: argparse.Namespace) -> None:
+    from .splitfile import few_shot_split, write_few_shot_split
+
+    split = few_shot_split(args.split_file, args.dataset, args.shots, args.seed)
+    write_few_shot_split(split, args.out)
+    print(f"wrote {args.out}: {len(split['train'])} train, {len(split['val'])} val items", file=sys.stderr)
+
+
+def _add_dataset_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--data", type=Path, required=True, help="the dataset's image folder")
+    parser.add_argument("--split-file", type=Path, required=True, help="the dataset's CoOp split file")
+    parser.add_argument("--model", required=True, help="open_clip architecture name or JSON config")
+    parser.add_argument("--pretrained", required=True, help="open_clip pretrained tag or checkpoint path")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, else cpu), cpu, cuda:N")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation import DEFAULT_TEMPLATE
+
+    _add_dataset_and_backbone_arguments(parser)
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with one {} for the class")
+    parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .experiment import Backbone, DatasetRef, evaluate_zero_shot
+
+    _set_threads(args.threads)
+    dataset = DatasetRef(args.dataset, args.data, args.split_file)
+    evaluate_zero_shot(
+        dataset, Backbone(args.model, args.pretrained), args.out, template=args.template, device=args.device
+    )
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .adapters.config import METHODS, SCALINGS, SIDES, TARGETS, TOWERS, AdapterConfig
+    from .finetune import FinetuneSettings
+
+    adapter = AdapterConfig()
+    _add_dataset_and_backbone_arguments(parser)
+    parser.add_argument("--few-shot", type=Path, required=True, help="k-shot split file (from `complora split`)")
+    parser.add_argument("--seed", type=int, required=True, help="seeds the adapter init, batches, crops and dropout")
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument(
+        "--zero-shot",
+        type=Path,
+        action="append",
+        default=[],
+        help="metrics.json of a zero-shot run (repeatable): the dataset's own (the gain's reference) and one per "
+        "retention dataset",
+    )
+    parser.add_argument("--projector", type=Path, help="cached principal bases (complora; default: SVD now)")
+    parser.add_argument("--out-dir", type=Path, required=True, help="run folder: adapter/ and metrics.json")
+    group = parser.add_argument_group("adapter")
+    group.add_argument("--rank", type=int, default=adapter.rank)
+    group.add_argument("--alpha", type=float, default=adapter.alpha)
+    group.add_argument("--scaling", choices=SCALINGS, default=adapter.scaling)
+    group.add_argument("--dropout", type=float, default=adapter.dropout)
+    group.add_argument("--targets", nargs="+", choices=TARGETS, default=list(adapter.targets))
+    group.add_argument("--towers", nargs="+", choices=TOWERS, default=list(adapter.towers))
+    group.add_argument("--k", default=str(adapter.k), help="complora: int, fraction, or energy:<x>")
+    group.add_argument("--side", choices=SIDES, default=adapter.side, help="complora: which sides to project")
+    training = FinetuneSettings(iterations=1)
+    group = parser.add_argument_group("training")
+    group.add_argument("--iterations", type=int, required=True)
+    group.add_argument("--batch-size", type=int, default=training.batch_size)
+    group.add_argument("--learning-rate", type=float, default=training.learning_rate)
+    group.add_argument("--weight-decay", type=float, default=training.weight_decay)
+    group.add_argument("--min-learning-rate", type=float, default=training.min_learning_rate)
+    group.add_argument("--logit-scale", type=float, default=training.logit_scale)
+    group.add_argument("--template", default=training.template)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .adapters.config import AdapterConfig
+    from .experiment import Backbone, DatasetRef, TrainSpec, train_and_evaluate
+    from .finetune import FinetuneSettings
+
+    _check_seed(args.seed)
+    _set_threads(args.threads)
+    adapter = AdapterConfig(
+        method=args.method,
+        rank=args.rank,
+        alpha=args.alpha,
+        scaling=args.scaling,
+        dropout=args.dropout,
+        targets=args.targets,
+        towers=args.towers,
+        k=args.k,
+        side=args.side,
+    )
+    settings = FinetuneSettings(
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        min_learning_rate=args.min_learning_rate,
+        logit_scale=args.logit_scale,
+        template=args.template,
+    )
+    spec = TrainSpec(
+        dataset=DatasetRef(args.dataset, args.data, args.split_file),
+        few_shot_file=args.few_shot,
+        backbone=Backbone(args.model, args.pretrained),
+        adapter=adapter,
+        settings=settings,
+        seed=args.seed,
+        zero_shot_runs=args.zero_shot,
+        projector=args.projector,
+    )
+    train_and_evaluate(spec, args.out_dir, device=args.device)
+
+
+def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("metrics", nargs="+", type=Path, help="the runs' metrics.json files")
+    parser.add_argument("--out", type=Path, required=True, help="results folder: tables/, plots/, summary.md")
+
+
+def _run_aggregate(args: argparse.Namespace) -> None:
+    from .aggregate import aggregate
+
+    figures = aggregate(args.metrics, args.out)
+    print(f"wrote {args.out}: tables, plots and summary.md from {len(args.metrics)} runs", file=sys.stderr)
+    print(json.dumps(figures, indent=1), file=sys.stderr)
 
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
@@ -145,20 +300,41 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         _add_demo_pretrain_arguments,
         _run_demo_pretrain,
     ),
+    "split": ("draw a k-shot split (CoOp convention) from a dataset's split file", _add_split_arguments, _run_split),
+    "evaluate": (
+        "zero-shot top-1 of the pretrained model on a dataset's test split (writes metrics.json)",
+        _add_evaluate_arguments,
+        _run_evaluate,
+    ),
+    "train": (
+        "few-shot LoRA / Comp-LoRA training, then test top-1 and zero-shot retention (writes metrics.json)",
+        _add_train_arguments,
+        _run_train,
+    ),
+    "aggregate": (
+        "tables, plots and a summary from the runs' metrics.json files",
+        _add_aggregate_arguments,
+        _run_aggregate,
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``verb`` given, only that verb's arguments are built (and its imports made)."""
     parser = argparse.ArgumentParser(prog="complora", description="Comp-LoRA / LoRA few-shot CLIP pipeline")
     parser.add_argument("--version", action="version", version=f"complora {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (summary, add_arguments, _) in VERBS.items():
-        add_arguments(verbs.add_parser(name, help=summary, description=summary))
+        subparser = verbs.add_parser(name, help=summary, description=summary)
+        if verb in (None, name):
+            add_arguments(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    args = build_parser(verb).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         VERBS[args.verb][2](args)

@@ -8,6 +8,7 @@ every step only when the text tower has trainable parameters.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -101,7 +102,9 @@ def finetune(
 
     model.train()
     start, order, position, loss = time.perf_counter(), torch.empty(0, dtype=torch.long), 0, torch.tensor(0.0)
-    for _ in tqdm(range(settings.iterations), desc="fine-tuning", unit="it", leave=False):
+    # Into a log file (a workflow job), a progress line every 10 s is enough; a terminal gets a live bar.
+    refresh = 0.1 if sys.stderr.isatty() else 10.0
+    for _ in tqdm(range(settings.iterations), desc="fine-tuning", unit="it", leave=False, mininterval=refresh):
         if position + settings.batch_size > len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
         batch = order[position : position + settings.batch_size]

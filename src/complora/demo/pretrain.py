@@ -29,7 +29,8 @@ from complora.evaluation import DEFAULT_TEMPLATE, normalize_images, zero_shot_ac
 from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
-from complora.splitdata import classnames, labels, load_images, read_split
+from complora.splitdata import labels, load_images
+from complora.splitfile import classnames, read_split
 from complora.tensorfile import save_tensors
 
 from .datasets import WORLD_VERSION

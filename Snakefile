@@ -1,0 +1,32 @@
+# complora: from the demo world (or real datasets) to the tables. `snakemake --cores all` runs the study that
+# config.yaml describes; the rules call `complora` verbs and live in workflow/rules/ by stage.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/splits.smk"
+include: "workflow/rules/projectors.smk"
+include: "workflow/rules/runs.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        AGGREGATE_OUTPUTS,
+        # Built even when only LoRA runs, so the DVC stage's outputs do not depend on the method list.
+        PROJECTOR,
+    default_target: True
+
+
+# The datasets and the pretrained model alone (the first DVC stage).
+rule prepare:
+    input:
+        WORLD,
+        MODEL_DIR,

@@ -1,0 +1,306 @@
+"""From per-run metrics.json files to the study's tables, plots and summary (design.md, "Results contract").
+
+Only the runs passed in are read (the workflow passes exactly the configured grid), so results of an
+older configuration lying in results/runs never leak into the tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path, write_json
+from .errors import ComploraError
+
+ZERO_SHOT = "zeroshot"
+METHOD_ORDER = (ZERO_SHOT, "lora", "complora")
+METHOD_LABELS = {ZERO_SHOT: "Zero-shot CLIP", "lora": "LoRA", "complora": "Comp-LoRA"}
+REQUIRED_FIELDS = ("dataset", "method", "shots", "seed", "accuracy", "retention", "backbone", "config_hash")
+MEAN = "mean"  # the retention_dataset value of rows averaged over every retention dataset
+
+
+def read_runs(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Every metrics file, checked for the contract's fields, one backbone, and no duplicate cell."""
+    runs, seen = [], {}
+    for path in paths:
+        path = Path(path)
+        try:
+            run = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ComploraError(f"metrics file {path} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise ComploraError(f"metrics file {path} is not valid JSON ({error}); rerun that job") from None
+        missing = [name for name in REQUIRED_FIELDS if name not in run]
+        if missing:
+            raise ComploraError(f"metrics file {path} lacks {missing}; it predates this complora, rerun that job")
+        key = (run["dataset"], run["method"], run["shots"], run["seed"])
+        if key in seen:
+            raise ComploraError(f"{path} and {seen[key]} are both {key}; pass each run once")
+        seen[key] = path
+        run["_path"] = str(path)
+        runs.append(run)
+    if not runs:
+        raise ComploraError("no metrics files were given")
+    weights = {run["backbone"]["weights_sha256"] for run in runs}
+    if len(weights) > 1:
+        raise ComploraError(f"the runs come from {len(weights)} different pretrained weights; aggregate one backbone")
+    return runs
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": round(statistics.fmean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else None,
+        "n_seeds": len(values),
+    }
+
+
+def accuracy_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, method, shots): mean and sample std of top-1 over seeds."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for run in runs:
+        cells[(run["dataset"], run["method"], run["shots"])].append(run["accuracy"])
+    keys = sorted(cells, key=lambda key: (key[0], _method_rank(key[1]), key[2]))
+    return [{"dataset": d, "method": m, "shots": s, **_summary(cells[(d, m, s)])} for d, m, s in keys]
+
+
+def retention_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (adapted dataset, method, shots, retention dataset), plus a ``mean`` row over them."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for run in runs:
+        if run["method"] == ZERO_SHOT or not run["retention"]:
+            continue
+        key = (run["dataset"], run["method"], run["shots"])
+        for other, value in run["retention"].items():
+            cells[(*key, other)].append(value)
+        cells[(*key, MEAN)].append(statistics.fmean(run["retention"].values()))
+    keys = sorted(cells, key=lambda key: (key[0], _method_rank(key[1]), key[2], key[3] == MEAN, key[3]))
+    return [
+        {"dataset": d, "method": m, "shots": s, "retention_dataset": r, **_summary(cells[(d, m, s, r)])}
+        for d, m, s, r in keys
+    ]
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({column: "" if row[column] is None else row[column] for column in columns} for row in rows)
+    return buffer.getvalue()
+
+
+def _format(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _wide_table(cells: dict[tuple[int, str], dict[str, float]], datasets: list[str], signed: bool) -> str:
+    """Rows (shots, method), columns datasets + Average: the shape of CLIP-LoRA's Table 3."""
+    lines = [
+        "| shots | method | " + " | ".join(datasets) + " | Average |",
+        "|---|---|" + "---|" * (len(datasets) + 1),
+    ]
+    for shots, method in sorted(cells, key=lambda key: (key[0], _method_rank(key[1]))):
+        row = cells[(shots, method)]
+        values = [row.get(dataset) for dataset in datasets]
+        average = statistics.fmean(values) if None not in values else None
+        formatted = [_format(value, signed) for value in [*values, average]]
+        lines.append(f"| {shots} | {METHOD_LABELS.get(method, method)} | " + " | ".join(formatted) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
+    cells: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        cells[(row["shots"], row["method"])][row["dataset"]] = row["mean"]
+    return _wide_table(cells, datasets, signed=False)
+
+
+def retention_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
+    cells: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["retention_dataset"] == MEAN:
+            cells[(row["shots"], row["method"])][row["dataset"]] = row["mean"]
+    return _wide_table(cells, datasets, signed=True)
+
+
+def headline(accuracy: list[dict[str, Any]], retention: list[dict[str, Any]]) -> dict[str, Any]:
+    """Averages over datasets per method and shots: what ``dvc metrics show`` prints."""
+    figures: dict[str, Any] = {"accuracy": {}, "retention": {}}
+    for name, rows in (("accuracy", accuracy), ("retention", [r for r in retention if r["retention_dataset"] == MEAN])):
+        groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for row in rows:
+            groups[(row["method"], row["shots"])].append(row["mean"])
+        for (method, shots), values in sorted(groups.items(), key=lambda item: (_method_rank(item[0][0]), item[0][1])):
+            figures[name].setdefault(method, {})[f"shots{shots}"] = round(statistics.fmean(values), 2)
+    return figures
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], dataset: str, out: Path) -> None:
+    """Top-1 vs shots for one dataset: a line per trained method, zero-shot as a dashed level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.6))
+    methods = sorted({row["method"] for row in rows if row["dataset"] == dataset}, key=_method_rank)
+    for method in methods:
+        points = sorted(
+            (row["shots"], row["mean"], row["std"] or 0.0)
+            for row in rows
+            if (row["dataset"], row["method"]) == (dataset, method)
+        )
+        label = METHOD_LABELS.get(method, method)
+        if method == ZERO_SHOT:
+            axes.axhline(points[0][1], color="gray", linestyle="--", label=label)
+        else:
+            shots, means, stds = zip(*points, strict=True)
+            axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("shots per class")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_title(dataset)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    _save_figure(figure, out)
+    plt.close(figure)
+
+
+def plot_retention(rows: list[dict[str, Any]], out: Path) -> None:
+    """Mean zero-shot retention on the other datasets vs shots, one line per method (0 = nothing forgotten)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["retention_dataset"] == MEAN:
+            groups[row["method"]][row["shots"]].append(row["mean"])
+    figure, axes = plt.subplots(figsize=(5, 3.6))
+    axes.axhline(0.0, color="gray", linewidth=1)
+    for method in sorted(groups, key=_method_rank):
+        shots = sorted(groups[method])
+        axes.plot(
+            shots,
+            [statistics.fmean(groups[method][s]) for s in shots],
+            marker="o",
+            label=METHOD_LABELS.get(method, method),
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("shots per class")
+    axes.set_ylabel("retention (points, mean over datasets)")
+    axes.set_title("zero-shot retention after adaptation")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    _save_figure(figure, out)
+    plt.close(figure)
+
+
+def _save_figure(figure: Any, out: Path) -> None:
+    with atomic_path(out) as temporary:
+        # No creation time or software version in the file: the same results give the same PNG bytes.
+        figure.savefig(temporary, format="png", dpi=120, metadata={"Software": None})
+
+
+def _summary_markdown(runs: list[dict[str, Any]], figures: dict[str, Any], accuracy_md: str, retention_md: str) -> str:
+    trained = [run for run in runs if run["method"] != ZERO_SHOT]
+    datasets = sorted({run["dataset"] for run in runs})
+    backbone = runs[0]["backbone"]
+    devices = sorted({run.get("device", "?") for run in runs})
+    versions = runs[0].get("versions", {})
+    shots = sorted({run["shots"] for run in trained})
+    seeds = sorted({run["seed"] for run in trained})
+    methods = sorted({run["method"] for run in runs}, key=_method_rank)
+    train_hours = sum(run.get("train_seconds", 0.0) for run in runs) / 3600
+    lines = [
+        "# Results summary",
+        "",
+        f"{len(runs)} runs: datasets {', '.join(datasets)}; methods {', '.join(methods)}; "
+        f"shots {', '.join(map(str, shots)) or '-'}; seeds {', '.join(map(str, seeds)) or '-'}.",
+        f"Backbone `{backbone['model']}` (weights `{backbone['pretrained']}`, sha256 "
+        f"`{backbone['weights_sha256'][:16]}…`), devices {', '.join(devices)}, "
+        f"{train_hours * 60:.1f} minutes of training in all. Versions: "
+        + ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+        + ".",
+        "",
+        "## Average over datasets",
+        "",
+        "| method | " + " | ".join([f"{s}-shot acc." for s in shots] + [f"{s}-shot ret." for s in shots]) + " |",
+        "|---|" + "---|" * (2 * len(shots)),
+    ]
+    for method in methods:
+        if method == ZERO_SHOT:
+            continue
+        acc = [_format(figures["accuracy"].get(method, {}).get(f"shots{s}")) for s in shots]
+        ret = [_format(figures["retention"].get(method, {}).get(f"shots{s}"), signed=True) for s in shots]
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(acc + ret) + " |")
+    if ZERO_SHOT in figures["accuracy"]:
+        lines += ["", f"Zero-shot CLIP averages {figures['accuracy'][ZERO_SHOT]['shots0']:.2f} % on these datasets."]
+    lines += [
+        "",
+        "*acc.*: top-1 (%) on each dataset's test split, mean over seeds, then over datasets. *ret.*: retention,",
+        "the adapted model's zero-shot top-1 on every other configured dataset minus the pretrained model's, in",
+        "points (negative = forgotten), averaged over those datasets, seeds and adapted datasets.",
+        "",
+        "## Accuracy (top-1 %, mean over seeds)",
+        "",
+        accuracy_md,
+        "## Retention (points, mean over the retention datasets and seeds)",
+        "",
+        retention_md,
+        "## Files",
+        "",
+        "- `tables/accuracy.csv`, `tables/retention.csv`: tidy tables with mean, std (sample, over seeds) and n_seeds.",
+        "- `tables/accuracy.md`, `tables/retention.md`: the tables above.",
+        "- `plots/accuracy_<dataset>.png`: accuracy vs shots per dataset; `plots/retention.png`: retention vs shots.",
+        "- `runs/<dataset>/<method>/shots<k>/seed<s>/metrics.json`: every run's figures and provenance.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def aggregate(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``tables/``, ``plots/``, ``summary.md`` and ``metrics.json`` under ``out``; returns the headline."""
+    out = Path(out)
+    runs = read_runs(paths)
+    datasets = sorted({run["dataset"] for run in runs})
+    accuracy = accuracy_rows(runs)
+    retention = retention_rows(runs)
+    accuracy_md = accuracy_table(accuracy, datasets)
+    retention_md = retention_table(retention, datasets)
+    figures = headline(accuracy, retention)
+    tables = out / "tables"
+    _write_text(tables / "accuracy.csv", _csv(accuracy, ["dataset", "method", "shots", "mean", "std", "n_seeds"]))
+    _write_text(
+        tables / "retention.csv",
+        _csv(retention, ["dataset", "method", "shots", "retention_dataset", "mean", "std", "n_seeds"]),
+    )
+    _write_text(tables / "accuracy.md", accuracy_md)
+    _write_text(tables / "retention.md", retention_md)
+    for dataset in datasets:
+        plot_accuracy(accuracy, dataset, out / "plots" / f"accuracy_{dataset}.png")
+    plot_retention(retention, out / "plots" / "retention.png")
+    write_json(out / "metrics.json", {**figures, "runs": len(runs)})
+    _write_text(out / "summary.md", _summary_markdown(runs, figures, accuracy_md, retention_md))
+    return figures

@@ -1,0 +1,92 @@
+"""Checking an experiment config against its JSON schema, filling the schema's defaults.
+
+Every problem is reported at once, each naming the key (``hyperparameters.lora.rank``, ``shots[0]``) and
+what would be accepted, so a bad config stops a run before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from .errors import ComploraError
+
+
+def _local_reference(root: dict[str, Any], reference: str) -> dict[str, Any]:
+    """The subschema a ``#/...`` JSON pointer names (the only kind of reference our schemas use)."""
+    if not reference.startswith("#/"):
+        raise ComploraError(f"config schema: only local references (#/...) are supported, got {reference!r}")
+    node: Any = root
+    for part in reference[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _with_defaults(validator_class: type, root: dict[str, Any]) -> type:
+    """A validator that also writes each property's ``default`` into the instance before checking it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator: Any, schema_properties: dict, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, dict):
+            for name, subschema in schema_properties.items():
+                if "$ref" in subschema:
+                    subschema = _local_reference(root, subschema["$ref"])
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, schema_properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": properties})
+
+
+def _key(path: Any) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind, value, expected = error.validator, error.instance, error.validator_value
+    if kind == "enum":
+        return f"{value!r} is not allowed; allowed values: {', '.join(map(str, expected))}"
+    if kind == "type":
+        return f"expected {' or '.join(expected) if isinstance(expected, list) else expected}, got {value!r}"
+    if kind in ("minimum", "exclusiveMinimum"):
+        return f"{value!r} is too small; it must be {'>=' if kind == 'minimum' else '>'} {expected}"
+    if kind in ("maximum", "exclusiveMaximum"):
+        return f"{value!r} is too large; it must be {'<=' if kind == 'maximum' else '<'} {expected}"
+    if kind == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(known))
+        return f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(known)}"
+    if kind == "uniqueItems":
+        return f"{value!r} lists an entry twice"
+    if kind == "minItems":
+        return f"{value!r} must list at least {expected} entr{'y' if expected == 1 else 'ies'}"
+    if kind == "pattern":
+        return f"{value!r} must match the regular expression {expected}"
+    return error.message
+
+
+def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ComploraError(f"config schema {path} cannot be read ({error})") from error
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Fill ``config`` in place with the schema's defaults and check it; raises one error listing every problem."""
+    if not isinstance(config, dict):
+        raise ComploraError(f"{source}: expected a mapping of settings, got {type(config).__name__}")
+    validator = _with_defaults(Draft202012Validator, schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda error: [str(part) for part in error.absolute_path])
+    if errors:
+        lines = [f"  - {_key(error.absolute_path)}: {_describe(error)}" for error in errors]
+        raise ComploraError(f"{source} is not a valid experiment config:\n" + "\n".join(lines))
+    return config

@@ -1,0 +1,309 @@
+"""One cell of the study: zero-shot evaluation of the pretrained model, or few-shot training and evaluation.
+
+Each writes a ``metrics.json`` holding every field of the results contract (design.md). A trained run
+reads the zero-shot runs of its dataset and of the retention datasets: their accuracies are the
+reference for the gain and the retention, and their records say where each test split lives. Those
+records must come from the same weights and prompt, so a stale zero-shot run is refused, not reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
+from .atomic import write_json
+from .errors import ComploraError
+from .evaluation import DEFAULT_TEMPLATE, zero_shot_accuracy
+from .finetune import FinetuneSettings, finetune
+from .fingerprint import weights_sha256
+from .models import load_clip
+from .runinfo import package_versions, peak_gpu_memory_mib, peak_rss_mib
+from .splitdata import labels, load_images
+from .splitfile import classnames, file_sha256, read_few_shot_split, read_split
+from .subspace import load_projector
+
+METRICS_FILE = "metrics.json"
+ADAPTER_DIR = "adapter"
+ZERO_SHOT = "zeroshot"
+RESULTS_FORMAT_VERSION = 1
+# Scheduler facts recorded with every run (which GPU a cluster gave it, which job it was).
+ENVIRONMENT_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_PARTITION")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """An open_clip architecture and where its weights come from (tag or checkpoint path)."""
+
+    model: str
+    pretrained: str
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset's image folder and its CoOp split file."""
+
+    name: str
+    root: Path
+    split_file: Path
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    dataset: DatasetRef
+    few_shot_file: Path
+    backbone: Backbone
+    adapter: AdapterConfig
+    settings: FinetuneSettings
+    seed: int
+    zero_shot_runs: list[Path] = field(default_factory=list)
+    projector: Path | None = None
+
+
+def select_device(device: str) -> torch.device:
+    """``auto`` is the first CUDA GPU when one is visible, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise ComploraError(f"--device {device}: not a torch device ({error}); use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ComploraError(f"--device {device}: no CUDA GPU is visible here; use --device auto or cpu")
+    return chosen
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the run's settings in canonical JSON: equal hashes mean equal experiments."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    info = {name: os.environ.get(name) for name in ENVIRONMENT_VARIABLES}
+    info["hostname"] = platform.node()
+    info["torch_threads"] = torch.get_num_threads()
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _load_test(dataset: DatasetRef, image_size: int) -> dict[str, Any]:
+    entries = read_split(dataset.split_file)["test"]
+    if not entries:
+        raise ComploraError(f"split file {dataset.split_file}: the 'test' list is empty; nothing to evaluate on")
+    return {
+        "images": load_images(dataset.root, entries, image_size),
+        "labels": labels(entries),
+        "classnames": classnames(entries),
+    }
+
+
+def _top1(model: torch.nn.Module, tokenizer: Any, test: dict[str, Any], template: str) -> float:
+    return zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"], template)
+
+
+def _load_backbone(backbone: Backbone, device: torch.device) -> tuple[torch.nn.Module, Any, int]:
+    model = load_clip(backbone.model, backbone.pretrained).to(device).eval()
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, tuple | list) else image_size
+    return model, open_clip.get_tokenizer(backbone.model), int(image_size)
+
+
+def _common_record(backbone: Backbone, base_sha256: str, device: torch.device) -> dict[str, Any]:
+    return {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "backbone": {**asdict(backbone), "weights_sha256": base_sha256},
+        "device": str(device),
+        "environment": _environment(device),
+        "versions": package_versions(),
+    }
+
+
+def evaluate_zero_shot(
+    dataset: DatasetRef, backbone: Backbone, out: Path, *, template: str = DEFAULT_TEMPLATE, device: str = "auto"
+) -> dict[str, Any]:
+    """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json)."""
+    start = time.perf_counter()
+    chosen = select_device(device)
+    split_sha256 = file_sha256(dataset.split_file) if dataset.split_file.is_file() else None
+    model, tokenizer, image_size = _load_backbone(backbone, chosen)
+    test = _load_test(dataset, image_size)
+    base_sha256 = weights_sha256(model)
+    eval_start = time.perf_counter()
+    accuracy = round(_top1(model, tokenizer, test, template), 2)
+    eval_seconds = time.perf_counter() - eval_start
+    settings = {"dataset": dataset.name, "method": ZERO_SHOT, "template": template, "weights_sha256": base_sha256}
+    metrics = {
+        **_common_record(backbone, base_sha256, chosen),
+        "dataset": dataset.name,
+        "method": ZERO_SHOT,
+        "shots": 0,
+        "seed": None,
+        "accuracy": accuracy,
+        "zero_shot_accuracy": accuracy,
+        "test_size": len(test["labels"]),
+        "classes": len(test["classnames"]),
+        "template": template,
+        "retention": {},
+        "mean_retention": None,
+        "trainable_parameters": 0,
+        "iterations": 0,
+        "train_seconds": 0.0,
+        "eval_seconds": round(eval_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "peak_memory_mib": peak_rss_mib(),
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(),
+        "config": settings,
+        "config_hash": config_hash(settings),
+        "split_hash": split_sha256,
+        "data": {"root": str(dataset.root), "split_file": str(dataset.split_file)},
+    }
+    write_json(out, metrics)
+    log.info("zero-shot %s: %.2f%% on %d test images", dataset.name, accuracy, len(test["labels"]))
+    return metrics
+
+
+def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text())
+        method, data, run_sha256, run_template = (
+            run["method"],
+            run["data"],
+            run["backbone"]["weights_sha256"],
+            run["template"],
+        )
+    except FileNotFoundError:
+        raise ComploraError(f"zero-shot run {path} does not exist; run `complora evaluate` for it first") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ComploraError(f"{path} is not a zero-shot metrics file ({error!r}); rerun `complora evaluate`") from None
+    if method != ZERO_SHOT:
+        raise ComploraError(f"{path}: method is {method!r}, expected a {ZERO_SHOT!r} run")
+    if run_sha256 != base_sha256:
+        raise ComploraError(
+            f"{path} was evaluated with weights {run_sha256[:12]}, this run loads {base_sha256[:12]}: the zero-shot "
+            "run is stale; rerun `complora evaluate` for it"
+        )
+    if run_template != template:
+        raise ComploraError(f"{path} used the prompt {run_template!r}, this run uses {template!r}; rerun it")
+    split_file = Path(data["split_file"])
+    if not split_file.is_file() or file_sha256(split_file) != run["split_hash"]:
+        raise ComploraError(f"{path}: its split file {split_file} is missing or changed since; rerun the zero-shot run")
+    return run
+
+
+def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
+    """Few-shot training of ``spec.adapter`` on the k-shot split, then top-1 on the test split and zero-shot
+    retention on every other dataset that has a zero-shot run. Writes ``adapter/`` and, last, metrics.json."""
+    start = time.perf_counter()
+    chosen = select_device(device)
+    split = read_few_shot_split(spec.few_shot_file)
+    dataset = spec.dataset
+    source_sha256 = file_sha256(dataset.split_file) if dataset.split_file.is_file() else None
+    if split["dataset"] != dataset.name or split["source_split"]["sha256"] != source_sha256:
+        raise ComploraError(
+            f"k-shot split {spec.few_shot_file} was drawn for {split['dataset']} from a split file with sha256 "
+            f"{split['source_split']['sha256'][:12]}, not from {dataset.split_file} of {dataset.name}; redraw it "
+            "with `complora split`"
+        )
+    model, tokenizer, image_size = _load_backbone(spec.backbone, chosen)
+    base_sha256 = weights_sha256(model)
+    template = spec.settings.template
+    references = {}
+    for path in spec.zero_shot_runs:
+        run = _read_zero_shot_run(path, base_sha256, template)
+        references[run["dataset"]] = run
+    if dataset.name not in references:
+        raise ComploraError(f"no zero-shot run of {dataset.name} was given (--zero-shot); it is the gain's reference")
+
+    projector = load_projector(spec.projector) if spec.projector else None
+    torch.manual_seed(spec.seed)  # the A initialisation
+    inject(model, spec.adapter, projector)
+    images = load_images(dataset.root, split["train"], image_size)
+    figures = finetune(
+        model, tokenizer, images, labels(split["train"]), split["classnames"], spec.settings, seed=spec.seed
+    )
+
+    eval_start = time.perf_counter()
+    test = _load_test(dataset, image_size)
+    accuracy = round(_top1(model, tokenizer, test, template), 2)
+    retention_accuracy, retention = {}, {}
+    for name, run in sorted(references.items()):
+        if name == dataset.name:
+            continue
+        other = _load_test(DatasetRef(name, Path(run["data"]["root"]), Path(run["data"]["split_file"])), image_size)
+        value = _top1(model, tokenizer, other, template)
+        retention_accuracy[name] = round(value, 2)
+        retention[name] = round(value - run["accuracy"], 2)
+    eval_seconds = time.perf_counter() - eval_start
+
+    adapter = spec.adapter.to_dict()
+    if spec.adapter.method == "lora":  # k and side do not act on LoRA; keep them out of its identity
+        adapter.pop("k")
+        adapter.pop("side")
+    settings = {
+        "dataset": dataset.name,
+        "method": spec.adapter.method,
+        "shots": split["shots"],
+        "seed": spec.seed,
+        "backbone": {**asdict(spec.backbone), "weights_sha256": base_sha256},
+        "adapter": adapter,
+        "training": asdict(spec.settings),
+        "retention_datasets": sorted(retention),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    save_adapter(model, out_dir / ADAPTER_DIR)
+    zero_shot = references[dataset.name]["accuracy"]
+    metrics = {
+        **_common_record(spec.backbone, base_sha256, chosen),
+        "dataset": dataset.name,
+        "method": spec.adapter.method,
+        "shots": split["shots"],
+        "seed": spec.seed,
+        "accuracy": accuracy,
+        "zero_shot_accuracy": zero_shot,
+        "gain": round(accuracy - zero_shot, 2),
+        "test_size": len(test["labels"]),
+        "classes": len(test["classnames"]),
+        "template": template,
+        "retention": retention,
+        "retention_accuracy": retention_accuracy,
+        "mean_retention": round(sum(retention.values()) / len(retention), 2) if retention else None,
+        "trainable_parameters": trainable_parameters(model),
+        "iterations": spec.settings.iterations,
+        "final_loss": round(figures["final_loss"], 4),
+        "train_seconds": round(figures["train_seconds"], 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "peak_memory_mib": peak_rss_mib(),
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(),
+        "config": settings,
+        "config_hash": config_hash(settings),
+        "split_hash": file_sha256(spec.few_shot_file),
+        "data": {"root": str(dataset.root), "split_file": str(dataset.split_file), "few_shot": str(spec.few_shot_file)},
+        "projector_sha256": file_sha256(spec.projector) if spec.projector else None,
+    }
+    write_json(out_dir / METRICS_FILE, metrics)
+    log.info(
+        "%s %s %d-shot seed %d: %.2f%% (zero-shot %.2f%%), mean retention %s, %.1f s",
+        dataset.name,
+        spec.adapter.method,
+        split["shots"],
+        spec.seed,
+        accuracy,
+        zero_shot,
+        metrics["mean_retention"],
+        metrics["wall_seconds"],
+    )
+    return metrics

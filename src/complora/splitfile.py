@@ -1,0 +1,132 @@
+"""CoOp-style split files: reading them, and drawing k-shot splits from them (no torch needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import ComploraError
+
+SPLITS = ("train", "val", "test")
+Entry = tuple[str, int, str]
+
+
+def read_split(path: str | os.PathLike[str]) -> dict[str, list[Entry]]:
+    """``{"train": [(relpath, label, classname), ...], "val": ..., "test": ...}`` from a split file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ComploraError(f"split file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ComploraError(f"split file {path} is not valid JSON ({error})") from error
+    splits = {}
+    for split in SPLITS:
+        if split not in data:
+            raise ComploraError(f"split file {path} has no {split!r} list; expected keys {list(SPLITS)}")
+        try:
+            splits[split] = [(str(relpath), int(label), str(name)) for relpath, label, name in data[split]]
+        except (TypeError, ValueError):
+            raise ComploraError(f"split file {path}: {split!r} entries must be [relpath, label, classname]") from None
+    return splits
+
+
+def classnames(entries: list[Entry]) -> list[str]:
+    """Class names in label order; refuses labels that are not 0..C-1 or that map to two names."""
+    names: dict[int, str] = {}
+    for _, label, name in entries:
+        if names.setdefault(label, name) != name:
+            raise ComploraError(f"label {label} is used for both {names[label]!r} and {name!r}")
+    if sorted(names) != list(range(len(names))):
+        raise ComploraError(f"labels must be 0..{len(names) - 1}, found {sorted(names)}")
+    return [names[label] for label in range(len(names))]
+
+
+FEW_SHOT_FORMAT = "complora-few-shot-split"
+MAX_VAL_SHOTS = 4  # CoOp keeps min(shots, 4) validation items per class
+
+
+def _draw(entries: list[Entry], shots: int, rng: np.random.Generator) -> list[Entry]:
+    by_class: dict[int, list[Entry]] = {}
+    for entry in entries:
+        by_class.setdefault(entry[1], []).append(entry)
+    chosen = []
+    for label in sorted(by_class):
+        items = by_class[label]
+        picks = rng.choice(len(items), size=shots, replace=len(items) < shots)
+        chosen.extend(items[int(index)] for index in picks)
+    return chosen
+
+
+def sample_few_shot(entries: list[Entry], shots: int, seed: int) -> list[Entry]:
+    """``shots`` entries per class (CoOp convention), drawn with replacement only where a class has fewer."""
+    return _draw(entries, shots, np.random.default_rng(seed))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def few_shot_split(split_file: str | os.PathLike[str], dataset: str, shots: int, seed: int) -> dict[str, Any]:
+    """The k-shot split of ``split_file``: one generator seeded with ``seed`` draws ``shots`` train items per
+    class, then ``min(shots, 4)`` val items per class. Paths stay relative to the dataset's image folder."""
+    if shots < 1:
+        raise ComploraError(f"shots must be 1 or more, got {shots}")
+    if seed < 0:
+        raise ComploraError(f"seed must be 0 or more, got {seed}")
+    splits = read_split(split_file)
+    for split in ("train", "val"):
+        if not splits[split]:
+            raise ComploraError(f"split file {split_file}: the {split!r} list is empty; k-shot sampling needs it")
+    rng = np.random.default_rng(seed)
+    train = _draw(splits["train"], shots, rng)
+    val = _draw(splits["val"], min(shots, MAX_VAL_SHOTS), rng)
+    return {
+        "format": FEW_SHOT_FORMAT,
+        "format_version": 1,
+        "dataset": dataset,
+        "shots": shots,
+        "seed": seed,
+        "source_split": {"file": Path(split_file).name, "sha256": file_sha256(split_file)},
+        "classnames": classnames(splits["test"]),
+        "train": [list(entry) for entry in train],
+        "val": [list(entry) for entry in val],
+    }
+
+
+def write_few_shot_split(split: dict[str, Any], out: str | os.PathLike[str]) -> None:
+    """Write atomically, in a canonical form: the same split gives the same bytes."""
+    with atomic_path(out) as temporary:
+        temporary.write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
+
+
+def read_few_shot_split(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A k-shot split file written by :func:`write_few_shot_split`, checked for its format."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ComploraError(f"k-shot split file {path} does not exist; make it with `complora split`") from None
+    except json.JSONDecodeError as error:
+        raise ComploraError(f"k-shot split file {path} is not valid JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != FEW_SHOT_FORMAT:
+        raise ComploraError(
+            f"{path} is not a k-shot split file (format {FEW_SHOT_FORMAT!r}); make it with `complora split`"
+        )
+    try:
+        data["train"] = [(str(relpath), int(label), str(name)) for relpath, label, name in data["train"]]
+        data["val"] = [(str(relpath), int(label), str(name)) for relpath, label, name in data["val"]]
+    except (KeyError, TypeError, ValueError):
+        raise ComploraError(
+            f"k-shot split file {path}: 'train' and 'val' must list [relpath, label, classname]"
+        ) from None
+    return data

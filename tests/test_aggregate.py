@@ -1,0 +1,110 @@
+"""Aggregation: tidy CSVs with mean/std/n_seeds, Table-3-shaped Markdown, plots, a summary, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from complora.aggregate import aggregate
+from complora.cli import main
+from complora.errors import ComploraError
+
+BACKBONE = {"model": "demo-vit-tiny", "pretrained": "w.safetensors", "weights_sha256": "ab" * 32}
+
+
+def write_run(
+    root: Path, dataset: str, method: str, shots: int, seed: int | None, accuracy: float, retention: dict
+) -> Path:
+    path = root / dataset / method / f"shots{shots}" / f"seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    run = {"dataset": dataset, "method": method, "shots": shots, "seed": seed, "accuracy": accuracy,
+           "retention": retention, "backbone": BACKBONE, "config_hash": "c", "device": "cpu", "train_seconds": 1.0,
+           "versions": {"complora": "0.1.0"}}  # fmt: skip
+    path.write_text(json.dumps(run))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs"
+    paths = [write_run(root, "A", "zeroshot", 0, None, 50.0, {}), write_run(root, "B", "zeroshot", 0, None, 30.0, {})]
+    for dataset, base in (("A", 60.0), ("B", 40.0)):
+        for method, shift, forget in (("lora", 0.0, -4.0), ("complora", -1.0, -1.0)):
+            for shots in (1, 4):
+                for seed in (1, 2, 3):
+                    accuracy = base + shift + shots + seed  # seeds 1, 2, 3: mean base+shift+shots+2, std 1
+                    retention = {"A": forget + seed, "B": forget - seed, "C": forget}
+                    retention.pop(dataset)
+                    paths.append(write_run(root, dataset, method, shots, seed, accuracy, retention))
+    return paths
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tables_plots_and_summary(runs: list[Path], tmp_path: Path):
+    out = tmp_path / "results"
+    figures = aggregate(runs, out)
+    accuracy = read_csv(out / "tables" / "accuracy.csv")
+    assert list(accuracy[0]) == ["dataset", "method", "shots", "mean", "std", "n_seeds"]
+    assert len(accuracy) == 2 + 2 * 2 * 2
+    row = next(r for r in accuracy if (r["dataset"], r["method"], r["shots"]) == ("A", "lora", "4"))
+    assert (float(row["mean"]), float(row["std"]), int(row["n_seeds"])) == (66.0, 1.0, 3)
+    zero = next(r for r in accuracy if r["method"] == "zeroshot" and r["dataset"] == "B")
+    assert (zero["shots"], zero["mean"], zero["std"], zero["n_seeds"]) == ("0", "30.0", "", "1")
+
+    retention = read_csv(out / "tables" / "retention.csv")
+    a_lora = {
+        r["retention_dataset"]: r for r in retention if (r["dataset"], r["method"], r["shots"]) == ("A", "lora", "1")
+    }
+    assert set(a_lora) == {"B", "C", "mean"}
+    assert float(a_lora["B"]["mean"]) == -6.0 and float(a_lora["C"]["mean"]) == -4.0
+    assert float(a_lora["mean"]["mean"]) == -5.0 and int(a_lora["mean"]["n_seeds"]) == 3
+
+    table = (out / "tables" / "accuracy.md").read_text().splitlines()
+    assert table[0] == "| shots | method | A | B | Average |"
+    assert table[2] == "| 0 | Zero-shot CLIP | 50.00 | 30.00 | 40.00 |"
+    assert "| 4 | LoRA | 66.00 | 46.00 | 56.00 |" in table and "| 4 | Comp-LoRA | 65.00 | 45.00 | 55.00 |" in table
+    retention_md = (out / "tables" / "retention.md").read_text()
+    assert "| 1 | LoRA | -5.00 | -3.00 | -4.00 |" in retention_md
+    assert "| 1 | Comp-LoRA | -2.00 | +0.00 | -1.00 |" in retention_md
+
+    assert figures["accuracy"]["lora"] == {"shots1": 53.0, "shots4": 56.0}
+    assert figures["retention"]["complora"]["shots4"] == -1.0
+    assert json.loads((out / "metrics.json").read_text()) == {**figures, "runs": len(runs)}
+    for name in ("accuracy_A.png", "accuracy_B.png", "retention.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# Results summary") and "| LoRA | 53.00 | 56.00 | -4.00 | -4.00 |" in summary
+
+
+def test_same_runs_give_the_same_files(runs: list[Path], tmp_path: Path):
+    aggregate(runs, tmp_path / "one")
+    aggregate(list(reversed(runs)), tmp_path / "two")
+    for path in sorted((tmp_path / "one").rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes(), path
+
+
+def test_refusals(runs: list[Path], tmp_path: Path, capsys):
+    with pytest.raises(ComploraError, match="pass each run once"):
+        aggregate([*runs, runs[-1]], tmp_path / "out")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"dataset": "A"}))
+    with pytest.raises(ComploraError, match=r"broken\.json lacks"):
+        aggregate([broken], tmp_path / "out")
+    other = json.loads(runs[0].read_text())
+    other["backbone"] = {**BACKBONE, "weights_sha256": "cd" * 32}
+    other["dataset"] = "Z"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(other))
+    with pytest.raises(ComploraError, match="2 different pretrained weights"):
+        aggregate([*runs, foreign], tmp_path / "out")
+    assert main(["aggregate", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]) == 2
+    assert "missing.json does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

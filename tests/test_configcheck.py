@@ -1,0 +1,89 @@
+"""The experiment config: defaults come from the schema; each mistake is named with what is allowed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from complora.configcheck import check_config, load_schema
+from complora.errors import ComploraError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def test_empty_config_gets_every_default():
+    config = check_config({}, SCHEMA)
+    assert config["methods"] == ["zeroshot", "lora", "complora"]
+    assert config["shots"] == [1, 2, 4, 8, 16] and config["seeds"] == [1, 2, 3]
+    lora = config["hyperparameters"]["lora"]
+    assert lora == {
+        "iterations_per_shot": 500,
+        "batch_size": 32,
+        "learning_rate": 2e-4,
+        "weight_decay": 1e-2,
+        "min_learning_rate": 1e-6,
+        "logit_scale": 100,
+        "rank": 2,
+        "alpha": 1,
+        "scaling": "sqrt",
+        "dropout": 0.25,
+        "targets": ["q", "k", "v"],
+        "towers": ["vision", "text"],
+    }
+    assert config["hyperparameters"]["complora"] == {**lora, "k": 32, "side": "both"}
+    assert config["demo"]["pretraining"]["steps"] == 700
+
+
+def test_defaults_are_not_shared_between_configs():
+    first = check_config({}, SCHEMA)
+    first["hyperparameters"]["lora"]["targets"].append("o")
+    assert check_config({}, SCHEMA)["hyperparameters"]["lora"]["targets"] == ["q", "k", "v"]
+
+
+def test_shipped_configs_are_valid():
+    for path in (ROOT / "config.yaml", ROOT / "tests" / "workflow" / "reduced_config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        original = copy.deepcopy(config)
+        check_config(config, SCHEMA, str(path))
+        for key, value in original.items():
+            if not isinstance(value, dict):
+                assert config[key] == value, "given values are kept"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"methods": ["zeroshot", "lora", "prompt-tuning"]},
+            ["methods[2]", "'prompt-tuning'", "zeroshot, lora, complora"],
+        ),
+        ({"datasets": ["demo_shapes", "imagenet"]}, ["datasets[1]", "'imagenet'", "demo_shapes", "demo_night_shapes"]),
+        ({"retention_datasets": ["caltech"]}, ["retention_datasets[0]", "demo_colors"]),
+        ({"shots": [1, -4]}, ["shots[1]", "-4", ">= 1"]),
+        ({"seeds": [-1]}, ["seeds[0]", ">= 0"]),
+        ({"shots": "16"}, ["shots", "expected array", "'16'"]),
+        ({"hyperparameters": {"lora": {"rank": "two"}}}, ["hyperparameters.lora.rank", "expected integer", "'two'"]),
+        ({"hyperparameters": {"complora": {"side": "left"}}}, ["hyperparameters.complora.side", "both, input, output"]),
+        ({"hyperparameters": {"lora": {"learning_rate": "1e-4"}}}, ["hyperparameters.lora.learning_rate", "number"]),
+        ({"hyperparamters": {}}, ["unknown key(s) hyperparamters", "allowed keys", "hyperparameters"]),
+        ({"hyperparameters": {"lora": {"k": 8}}}, ["hyperparameters.lora", "unknown key(s) k"]),
+        ({"prompt_template": "a photo"}, ["prompt_template", "regular expression"]),
+    ],
+)
+def test_bad_values_are_named_with_the_allowed_ones(config: dict, expected: list[str]):
+    with pytest.raises(ComploraError) as error:
+        check_config(config, SCHEMA, "my.yaml")
+    message = str(error.value)
+    assert message.startswith("my.yaml is not a valid experiment config")
+    for text in expected:
+        assert text in message, (text, message)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ComploraError) as error:
+        check_config({"methods": ["bogus"], "shots": [0]}, SCHEMA)
+    assert "methods[0]" in str(error.value) and "shots[0]" in str(error.value)

@@ -1,0 +1,186 @@
+"""The real workflow, end to end, on a reduced demo: Snakemake as a subprocess, then DVC with a local remote.
+
+Marked slow (about two minutes on 2 cores); `pytest -m "not slow"` skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from complora.splitfile import few_shot_split
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+REDUCED = yaml.safe_load((ROOT / "tests" / "workflow" / "reduced_config.yaml").read_text())
+DATASETS, RETENTION = REDUCED["datasets"], REDUCED["retention_datasets"]
+SHOTS, SEEDS, TRAINED = REDUCED["shots"], REDUCED["seeds"], ("lora", "complora")
+CONTRACT = ("dataset", "method", "shots", "seed", "backbone", "accuracy", "zero_shot_accuracy", "retention",
+            "trainable_parameters", "iterations", "train_seconds", "eval_seconds", "peak_memory_mib", "device",
+            "config_hash", "split_hash", "versions")  # fmt: skip
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+
+
+def make_project(directory: Path, config: dict) -> Path:
+    """A copy of the workflow (and the sources DVC hashes) with its own config.yaml."""
+    directory.mkdir(parents=True)
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, directory / name)
+    shutil.copytree(ROOT / "workflow", directory / "workflow")
+    shutil.copytree(
+        ROOT / "src" / "complora", directory / "src" / "complora", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def run(project: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=project, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    table = dry_run_output.split("Job stats:")[1].split("\n\n")[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if name != "total"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("workflow") / "project", REDUCED)
+    result = run(project, "snakemake", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return project
+
+
+def run_dirs() -> list[tuple[str, str, int, int]]:
+    return [(d, m, k, s) for d in DATASETS for m in TRAINED for k in SHOTS for s in SEEDS]
+
+
+def test_every_output_is_there_and_holds_the_results_contract(demo: Path):
+    model_metadata = json.loads((demo / "resources/models/demo-vit-tiny/metadata.json").read_text())
+    assert (demo / "resources/data/demo_world/world.json").is_file()
+    assert (demo / "resources/projectors/demo-vit-tiny.safetensors").is_file()
+    assert json.loads((demo / "resources/projectors/demo-vit-tiny.stats.json").read_text())["k_max"] == 8
+    for dataset in set(DATASETS) | set(RETENTION):
+        zero_shot = json.loads((demo / f"results/runs/{dataset}/zeroshot/metrics.json").read_text())
+        assert zero_shot["backbone"]["weights_sha256"] == model_metadata["weights_sha256"]
+    hashes = set()
+    for dataset, method, shots, seed in run_dirs():
+        folder = demo / f"results/runs/{dataset}/{method}/shots{shots}/seed{seed}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert set(CONTRACT) <= set(metrics), folder
+        assert (metrics["dataset"], metrics["method"], metrics["shots"], metrics["seed"]) == (
+            dataset,
+            method,
+            shots,
+            seed,
+        )
+        split = demo / f"resources/splits/{dataset}/shots{shots}_seed{seed}.json"
+        assert metrics["split_hash"] == sha256(split)
+        expected = few_shot_split(demo / f"resources/data/demo_world/{dataset}/split.json", dataset, shots, seed)
+        assert json.loads(split.read_text()) == expected, "the split file is the CoOp draw for this seed"
+        assert metrics["iterations"] == shots * 3 and set(metrics["retention"]) == set(RETENTION) - {dataset}
+        assert metrics["backbone"]["weights_sha256"] == model_metadata["weights_sha256"]
+        assert (folder / "adapter" / "adapter_config.json").is_file()
+        assert "fine-tuning" in (folder / "train.log").read_text(), "the progress bar goes to the run's log"
+        hashes.add(metrics["config_hash"])
+    assert len(hashes) == len(run_dirs())
+
+    accuracy = (demo / "results/tables/accuracy.csv").read_text().splitlines()
+    assert accuracy[0] == "dataset,method,shots,mean,std,n_seeds"
+    assert len(accuracy) - 1 == len(DATASETS) * (1 + len(TRAINED) * len(SHOTS))
+    assert (demo / "results/tables/retention.csv").read_text().startswith("dataset,method,shots,retention_dataset,")
+    assert (demo / "results/tables/accuracy.md").read_text().startswith("| shots | method | demo_patterns |")
+    for dataset in DATASETS:
+        assert (demo / f"results/plots/accuracy_{dataset}.png").stat().st_size > 1000
+    assert (demo / "results/plots/retention.png").stat().st_size > 1000
+    assert "# Results summary" in (demo / "results/summary.md").read_text()
+    assert json.loads((demo / "results/metrics.json").read_text())["runs"] == len(DATASETS) + len(run_dirs())
+
+
+def test_a_rerun_with_nothing_changed_does_nothing(demo: Path):
+    result = run(demo, "snakemake", "--cores", "2", "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_methods_hyperparameter_reruns_only_its_jobs(demo: Path, tmp_path: Path):
+    override = tmp_path / "lora_rank4.yaml"
+    override.write_text(yaml.safe_dump({"hyperparameters": {"lora": {"iterations_per_shot": 3, "rank": 4}}}))
+    result = run(demo, "snakemake", "--cores", "2", "-n", "--configfile", "config.yaml", str(override))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert job_counts(output) == {"train": len(DATASETS) * len(SHOTS) * len(SEEDS), "aggregate": 1, "all": 1}
+    planned = re.findall(r"output: (results/runs/\S+/metrics\.json)", output)
+    assert planned and all("/lora/" in path for path in planned)
+
+
+BAD_CONFIGS = {
+    "unknown method": (
+        {"methods": ["zeroshot", "lora", "adapter"]},
+        ["methods[2]", "'adapter'", "zeroshot, lora, complora"],
+    ),
+    "unknown dataset": ({"datasets": ["demo_shapes", "imagenet"]}, ["datasets[1]", "'imagenet'", "demo_rare_colors"]),
+    "negative shots": ({"shots": [1, -2]}, ["shots[1]", "-2", ">= 1"]),
+    "wrong type": ({"seeds": "1"}, ["seeds", "expected array", "'1'"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_a_bad_config_stops_the_run_before_any_job(case: str, tmp_path: Path):
+    change, expected = BAD_CONFIGS[case]
+    project = make_project(tmp_path / "project", {**REDUCED, **change})
+    result = run(project, "snakemake", "--cores", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "is not a valid experiment config" in output
+    for text in expected:
+        assert text in output, (text, output)
+    assert not any((project / name).exists() for name in ("resources", "results", "logs"))
+
+
+def test_dvc_repro_push_and_pull(demo: Path, tmp_path: Path):
+    project = make_project(tmp_path / "project", REDUCED)
+    for command in (("git", "init", "-q"), ("dvc", "init", "-q")):
+        assert run(project, *command).returncode == 0
+    first = run(project, "dvc", "repro")
+    assert first.returncode == 0, first.stderr[-5000:]
+    second = run(project, "dvc", "repro")
+    assert second.returncode == 0 and "Data and pipelines are up to date" in second.stdout, second.stdout
+    for table in ("accuracy.csv", "retention.csv"):  # same config and seeds on CPU: the same figures
+        assert (project / "results/tables" / table).read_bytes() == (demo / "results/tables" / table).read_bytes()
+    metrics = run(project, "dvc", "metrics", "show", "--json")
+    assert json.loads(metrics.stdout)  # dvc reads the declared metrics file
+    assert "accuracy.lora.shots1" in run(project, "dvc", "metrics", "show").stdout
+
+    tracked = [
+        "resources/models/demo-vit-tiny/open_clip_model.safetensors",
+        "resources/splits/demo_patterns/shots2_seed1.json",
+        "resources/projectors/demo-vit-tiny.safetensors",
+        "results/runs/demo_rare_colors/complora/shots1/seed1/metrics.json",
+        "results/runs/demo_rare_colors/complora/shots1/seed1/adapter/adapter_model.safetensors",
+    ]
+    before = {path: sha256(project / path) for path in tracked}
+    assert run(project, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")).returncode == 0
+    push = run(project, "dvc", "push")
+    assert push.returncode == 0, push.stderr
+    for path in (".dvc/cache", "resources", "results/runs"):
+        shutil.rmtree(project / path)
+    pull = run(project, "dvc", "pull")
+    assert pull.returncode == 0, pull.stderr
+    assert {path: sha256(project / path) for path in tracked} == before
+    status = run(project, "dvc", "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout

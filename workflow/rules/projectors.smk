@@ -1,0 +1,22 @@
+# The principal singular bases of every matrix Comp-LoRA adapts: computed once per backbone, shared by all runs.
+
+
+rule projector:
+    input:
+        model=MODEL_DIR,
+    output:
+        projector=PROJECTOR,
+        stats=PROJECTOR.replace(".safetensors", ".stats.json"),
+    params:
+        model=BACKBONE,
+        checkpoint=CHECKPOINT,
+        k_max=config["hyperparameters"]["complora"]["k"],
+        targets=" ".join(config["hyperparameters"]["complora"]["targets"]),
+        towers=" ".join(config["hyperparameters"]["complora"]["towers"]),
+    conda:
+        "../envs/complora.yaml"
+    log:
+        f"logs/projectors/{BACKBONE}.log",
+    shell:
+        "complora projector --model {params.model} --pretrained {params.checkpoint} --k-max {params.k_max}"
+        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1"

@@ -1,0 +1,55 @@
+# The study's cells: zero-shot evaluation per dataset, and one train+eval job per (dataset, method, shots, seed).
+
+
+rule zero_shot:
+    input:
+        world=WORLD,
+        model=MODEL_DIR,
+    output:
+        zero_shot_metrics("{dataset}"),
+    params:
+        model=BACKBONE,
+        checkpoint=CHECKPOINT,
+        root=lambda wildcards: dataset_root(wildcards.dataset),
+        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        template=config["prompt_template"],
+    threads: 1
+    conda:
+        "../envs/complora.yaml"
+    log:
+        "results/runs/{dataset}/zeroshot/evaluate.log",
+    shell:
+        "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
+        " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        metrics="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/metrics.json",
+        adapter=directory("results/runs/{dataset}/{method}/shots{shots}/seed{seed}/adapter"),
+    params:
+        model=BACKBONE,
+        checkpoint=CHECKPOINT,
+        root=lambda wildcards: dataset_root(wildcards.dataset),
+        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        iterations=lambda wildcards: int(wildcards.shots)
+        * config["hyperparameters"][wildcards.method]["iterations_per_shot"],
+        hyperparameters=lambda wildcards: method_flags(wildcards.method),
+        template=config["prompt_template"],
+        zero_shot=lambda wildcards, input: " ".join(f"--zero-shot {path}" for path in input.zero_shot),
+        projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
+        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+    threads: 1
+    conda:
+        "../envs/complora.yaml"
+    log:
+        "results/runs/{dataset}/{method}/shots{shots}/seed{seed}/train.log",
+    shell:
+        "complora train --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
+        " --few-shot {input.split} --seed {wildcards.seed} --method {wildcards.method}"
+        " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
+        " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
+        " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
