@@ -153,6 +153,14 @@ def _write_text(path: Path, text: str) -> None:
         temporary.write_text(text)
 
 
+def _shots_axis(axes: Any, shots: list[int]) -> None:
+    """Shots on a log2 axis, labelled with the shot counts themselves."""
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(shots, [str(value) for value in shots])
+    axes.minorticks_off()
+    axes.set_xlabel("shots per class")
+
+
 def plot_accuracy(rows: list[dict[str, Any]], dataset: str, out: Path) -> None:
     """Top-1 vs shots for one dataset: a line per trained method, zero-shot as a dashed level."""
     import matplotlib
@@ -174,8 +182,7 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str, out: Path) -> None:
         else:
             shots, means, stds = zip(*points, strict=True)
             axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("shots per class")
+    _shots_axis(axes, sorted({row["shots"] for row in rows if row["method"] != ZERO_SHOT}))
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_title(dataset)
     axes.grid(alpha=0.3)
@@ -206,8 +213,7 @@ def plot_retention(rows: list[dict[str, Any]], out: Path) -> None:
             marker="o",
             label=METHOD_LABELS.get(method, method),
         )
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("shots per class")
+    _shots_axis(axes, sorted({row["shots"] for row in rows}))
     axes.set_ylabel("retention (points, mean over datasets)")
     axes.set_title("zero-shot retention after adaptation")
     axes.grid(alpha=0.3)
