@@ -68,7 +68,10 @@ def test_shipped_configs_are_valid():
         ({"shots": "16"}, ["shots", "expected array", "'16'"]),
         ({"hyperparameters": {"lora": {"rank": "two"}}}, ["hyperparameters.lora.rank", "expected integer", "'two'"]),
         ({"hyperparameters": {"complora": {"side": "left"}}}, ["hyperparameters.complora.side", "both, input, output"]),
-        ({"hyperparameters": {"lora": {"learning_rate": "1e-4"}}}, ["hyperparameters.lora.learning_rate", "number"]),
+        (
+            {"hyperparameters": {"lora": {"learning_rate": "1e-4"}}},
+            ["hyperparameters.lora.learning_rate", "write 1.0e-4"],
+        ),
         ({"hyperparamters": {}}, ["unknown key(s) hyperparamters", "allowed keys", "hyperparameters"]),
         ({"hyperparameters": {"lora": {"k": 8}}}, ["hyperparameters.lora", "unknown key(s) k"]),
         ({"prompt_template": "a photo"}, ["prompt_template", "regular expression"]),

@@ -184,3 +184,14 @@ def test_dvc_repro_push_and_pull(demo: Path, tmp_path: Path):
     assert {path: sha256(project / path) for path in tracked} == before
     status = run(project, "dvc", "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+
+    # A clone that pulled its artifacts has no Snakemake job records: recording them once (README) makes a
+    # later one-method change rerun exactly that method's jobs, as in the clone that ran them.
+    shutil.rmtree(project / ".snakemake")
+    assert run(project, "snakemake", "--cores", "2", "--touch", "--forceall").returncode == 0
+    assert "Nothing to be done" in run(project, "snakemake", "-n").stdout
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["hyperparameters"]["lora"]["rank"] = 4
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    counts = job_counts(run(project, "snakemake", "-n").stdout)
+    assert counts == {"train": len(DATASETS) * len(SHOTS) * len(SEEDS), "aggregate": 1, "all": 1}

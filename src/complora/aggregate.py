@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path
 from .errors import ComploraError
 
 ZERO_SHOT = "zeroshot"
@@ -38,6 +38,8 @@ def read_runs(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise ComploraError(f"metrics file {path} is not valid JSON ({error}); rerun that job") from None
         missing = [name for name in REQUIRED_FIELDS if name not in run]
+        if "backbone" not in missing and "weights_sha256" not in (run["backbone"] or {}):
+            missing.append("backbone.weights_sha256")
         if missing:
             raise ComploraError(f"metrics file {path} lacks {missing}; it predates this complora, rerun that job")
         key = (run["dataset"], run["method"], run["shots"], run["seed"])
@@ -148,11 +150,6 @@ def headline(accuracy: list[dict[str, Any]], retention: list[dict[str, Any]]) ->
     return figures
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)
-
-
 def _shots_axis(axes: Any, shots: list[int]) -> None:
     """Shots on a log2 axis, labelled with the shot counts themselves."""
     axes.set_xscale("log", base=2)
@@ -161,7 +158,7 @@ def _shots_axis(axes: Any, shots: list[int]) -> None:
     axes.set_xlabel("shots per class")
 
 
-def plot_accuracy(rows: list[dict[str, Any]], dataset: str, out: Path) -> None:
+def plot_accuracy(rows: list[dict[str, Any]], dataset: str) -> bytes:
     """Top-1 vs shots for one dataset: a line per trained method, zero-shot as a dashed level."""
     import matplotlib
 
@@ -188,11 +185,12 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str, out: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    _save_figure(figure, out)
+    png = _png(figure)
     plt.close(figure)
+    return png
 
 
-def plot_retention(rows: list[dict[str, Any]], out: Path) -> None:
+def plot_retention(rows: list[dict[str, Any]]) -> bytes:
     """Mean zero-shot retention on the other datasets vs shots, one line per method (0 = nothing forgotten)."""
     import matplotlib
 
@@ -219,14 +217,16 @@ def plot_retention(rows: list[dict[str, Any]], out: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    _save_figure(figure, out)
+    png = _png(figure)
     plt.close(figure)
+    return png
 
 
-def _save_figure(figure: Any, out: Path) -> None:
-    with atomic_path(out) as temporary:
-        # No creation time or software version in the file: the same results give the same PNG bytes.
-        figure.savefig(temporary, format="png", dpi=120, metadata={"Software": None})
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    # No creation time or software version in the file: the same results give the same PNG bytes.
+    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def _summary_markdown(runs: list[dict[str, Any]], figures: dict[str, Any], accuracy_md: str, retention_md: str) -> str:
@@ -296,17 +296,25 @@ def aggregate(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[st
     accuracy_md = accuracy_table(accuracy, datasets)
     retention_md = retention_table(retention, datasets)
     figures = headline(accuracy, retention)
-    tables = out / "tables"
-    _write_text(tables / "accuracy.csv", _csv(accuracy, ["dataset", "method", "shots", "mean", "std", "n_seeds"]))
-    _write_text(
-        tables / "retention.csv",
-        _csv(retention, ["dataset", "method", "shots", "retention_dataset", "mean", "std", "n_seeds"]),
-    )
-    _write_text(tables / "accuracy.md", accuracy_md)
-    _write_text(tables / "retention.md", retention_md)
-    for dataset in datasets:
-        plot_accuracy(accuracy, dataset, out / "plots" / f"accuracy_{dataset}.png")
-    plot_retention(retention, out / "plots" / "retention.png")
-    write_json(out / "metrics.json", {**figures, "runs": len(runs)})
-    _write_text(out / "summary.md", _summary_markdown(runs, figures, accuracy_md, retention_md))
+    # Everything is rendered before anything is written, so a failure leaves the previous results intact.
+    tables, plots = out / "tables", out / "plots"
+    files = {
+        tables / "accuracy.csv": _csv(accuracy, ["dataset", "method", "shots", "mean", "std", "n_seeds"]),
+        tables / "retention.csv": _csv(
+            retention, ["dataset", "method", "shots", "retention_dataset", "mean", "std", "n_seeds"]
+        ),
+        tables / "accuracy.md": accuracy_md,
+        tables / "retention.md": retention_md,
+        **{plots / f"accuracy_{dataset}.png": plot_accuracy(accuracy, dataset) for dataset in datasets},
+        plots / "retention.png": plot_retention(retention),
+        # Not key-sorted: shots stay in numeric order for `dvc metrics show`.
+        out / "metrics.json": json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n",
+        out / "summary.md": _summary_markdown(runs, figures, accuracy_md, retention_md),
+    }
+    for path, content in files.items():
+        with atomic_path(path) as temporary:
+            if isinstance(content, bytes):
+                temporary.write_bytes(content)
+            else:
+                temporary.write_text(content)
     return figures

@@ -38,19 +38,9 @@ def _add_projector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the SVDs (cpu, cuda, cuda:1, ...)")
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as error:
-        raise ComploraError(f"--device {device}: not a torch device ({error}); use cpu, cuda or cuda:N") from error
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ComploraError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
-
-
 def _run_projector(args: argparse.Namespace) -> None:
     from .adapters.config import AdapterConfig, parse_k
+    from .devices import select_device
     from .models import load_clip
     from .runinfo import peak_gpu_memory_mib, peak_rss_mib
     from .subspace import build_projector, save_projector
@@ -59,7 +49,7 @@ def _run_projector(args: argparse.Namespace) -> None:
         raise ComploraError(f"--out {args.out}: the projector file must end in .safetensors")
     if args.k_max < 0:
         raise ComploraError(f"--k-max {args.k_max}: must be 0 or more")
-    _check_device(args.device)
+    select_device(args.device)
     layers = "all" if args.layers == ["all"] else args.layers
     config = AdapterConfig(method="complora", targets=args.targets, towers=args.towers, layers=layers, k=args.k_max)
     report_ks = [parse_k(k) for k in args.report_ks] if args.report_ks else None

@@ -50,12 +50,26 @@ def _key(path: Any) -> str:
     return text or "(top level)"
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _describe(error: Any) -> str:
     kind, value, expected = error.validator, error.instance, error.validator_value
     if kind == "enum":
         return f"{value!r} is not allowed; allowed values: {', '.join(map(str, expected))}"
     if kind == "type":
-        return f"expected {' or '.join(expected) if isinstance(expected, list) else expected}, got {value!r}"
+        wanted = " or ".join(expected) if isinstance(expected, list) else expected
+        hint = ""
+        if "number" in wanted and isinstance(value, str) and _is_float(value) and "e" in value.lower():
+            mantissa, exponent = value.lower().split("e", 1)
+            fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+            hint = f" (YAML reads {value} as text; write {fixed})"
+        return f"expected {wanted}, got {value!r}{hint}"
     if kind in ("minimum", "exclusiveMinimum"):
         return f"{value!r} is too small; it must be {'>=' if kind == 'minimum' else '>'} {expected}"
     if kind in ("maximum", "exclusiveMaximum"):

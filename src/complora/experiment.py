@@ -23,6 +23,7 @@ import torch
 
 from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
 from .atomic import write_json
+from .devices import select_device
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, zero_shot_accuracy
 from .finetune import FinetuneSettings, finetune
@@ -69,19 +70,6 @@ class TrainSpec:
     seed: int
     zero_shot_runs: list[Path] = field(default_factory=list)
     projector: Path | None = None
-
-
-def select_device(device: str) -> torch.device:
-    """``auto`` is the first CUDA GPU when one is visible, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as error:
-        raise ComploraError(f"--device {device}: not a torch device ({error}); use auto, cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ComploraError(f"--device {device}: no CUDA GPU is visible here; use --device auto or cpu")
-    return chosen
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -136,9 +124,9 @@ def evaluate_zero_shot(
     """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json)."""
     start = time.perf_counter()
     chosen = select_device(device)
-    split_sha256 = file_sha256(dataset.split_file) if dataset.split_file.is_file() else None
     model, tokenizer, image_size = _load_backbone(backbone, chosen)
     test = _load_test(dataset, image_size)
+    split_sha256 = file_sha256(dataset.split_file)
     base_sha256 = weights_sha256(model)
     eval_start = time.perf_counter()
     accuracy = round(_top1(model, tokenizer, test, template), 2)
@@ -177,12 +165,9 @@ def evaluate_zero_shot(
 def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str, Any]:
     try:
         run = json.loads(path.read_text())
-        method, data, run_sha256, run_template = (
-            run["method"],
-            run["data"],
-            run["backbone"]["weights_sha256"],
-            run["template"],
-        )
+        fields = (run["method"], run["backbone"]["weights_sha256"], run["template"], run["split_hash"])
+        method, run_sha256, run_template, split_hash = fields
+        split_file, root = Path(run["data"]["split_file"]), Path(run["data"]["root"])
     except FileNotFoundError:
         raise ComploraError(f"zero-shot run {path} does not exist; run `complora evaluate` for it first") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -196,10 +181,9 @@ def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str
         )
     if run_template != template:
         raise ComploraError(f"{path} used the prompt {run_template!r}, this run uses {template!r}; rerun it")
-    split_file = Path(data["split_file"])
-    if not split_file.is_file() or file_sha256(split_file) != run["split_hash"]:
+    if not split_file.is_file() or file_sha256(split_file) != split_hash:
         raise ComploraError(f"{path}: its split file {split_file} is missing or changed since; rerun the zero-shot run")
-    return run
+    return {**run, "dataset_ref": DatasetRef(run["dataset"], root, split_file)}
 
 
 def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
@@ -209,8 +193,9 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
     chosen = select_device(device)
     split = read_few_shot_split(spec.few_shot_file)
     dataset = spec.dataset
-    source_sha256 = file_sha256(dataset.split_file) if dataset.split_file.is_file() else None
-    if split["dataset"] != dataset.name or split["source_split"]["sha256"] != source_sha256:
+    if not dataset.split_file.is_file():
+        raise ComploraError(f"split file {dataset.split_file} of {dataset.name} does not exist; check --split-file")
+    if split["dataset"] != dataset.name or split["source_split"]["sha256"] != file_sha256(dataset.split_file):
         raise ComploraError(
             f"k-shot split {spec.few_shot_file} was drawn for {split['dataset']} from a split file with sha256 "
             f"{split['source_split']['sha256'][:12]}, not from {dataset.split_file} of {dataset.name}; redraw it "
@@ -241,7 +226,7 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
     for name, run in sorted(references.items()):
         if name == dataset.name:
             continue
-        other = _load_test(DatasetRef(name, Path(run["data"]["root"]), Path(run["data"]["split_file"])), image_size)
+        other = _load_test(run["dataset_ref"], image_size)
         value = _top1(model, tokenizer, other, template)
         retention_accuracy[name] = round(value, 2)
         retention[name] = round(value - run["accuracy"], 2)

@@ -8,6 +8,8 @@ rule aggregate:
         AGGREGATE_OUTPUTS,
     conda:
         "../envs/complora.yaml"
+    params:
+        code=CODE["aggregate"],
     log:
         "logs/aggregate.log",
     shell:

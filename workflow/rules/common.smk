@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 from complora.configcheck import check_config, load_schema
 from complora.errors import ComploraError
+from complora.sourcehash import source_fingerprint
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 CONFIG_SOURCE = ", ".join(str(path) for path in workflow.configfiles) or "the config"
@@ -14,6 +15,16 @@ try:
 except ComploraError as error:
     raise WorkflowError(str(error)) from None
 
+# Each rule's jobs record the fingerprint of the complora code they run, as a parameter: editing that code
+# reruns them (Snakemake by itself reruns on changed inputs, parameters or commands, not on package code).
+CODE = {
+    "demo_world": source_fingerprint("complora.demo.datasets"),
+    "demo_pretrain": source_fingerprint("complora.demo.pretrain"),
+    "few_shot_split": source_fingerprint("complora.splitfile"),
+    "projector": source_fingerprint("complora.subspace"),
+    "evaluate": source_fingerprint("complora.experiment"),
+    "aggregate": source_fingerprint("complora.aggregate"),
+}
 ZERO_SHOT = "zeroshot"
 TRAINED_METHODS = [method for method in config["methods"] if method != ZERO_SHOT]
 DATASETS = config["datasets"]

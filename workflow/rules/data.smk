@@ -5,6 +5,7 @@ rule demo_world:
     output:
         directory(WORLD),
     params:
+        code=CODE["demo_world"],
         world=config["demo"]["world"],
     conda:
         "../envs/complora.yaml"

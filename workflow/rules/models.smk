@@ -7,6 +7,7 @@ rule demo_pretrain:
     output:
         directory(MODEL_DIR),
     params:
+        code=CODE["demo_pretrain"],
         pretraining=config["demo"]["pretraining"],
     # The weights are reproducible for a given thread count; 2 is what the published figures used.
     threads: 2

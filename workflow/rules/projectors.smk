@@ -8,6 +8,7 @@ rule projector:
         projector=PROJECTOR,
         stats=PROJECTOR.replace(".safetensors", ".stats.json"),
     params:
+        code=CODE["projector"],
         model=BACKBONE,
         checkpoint=CHECKPOINT,
         k_max=config["hyperparameters"]["complora"]["k"],

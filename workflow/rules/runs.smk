@@ -8,6 +8,7 @@ rule zero_shot:
     output:
         zero_shot_metrics("{dataset}"),
     params:
+        code=CODE["evaluate"],
         model=BACKBONE,
         checkpoint=CHECKPOINT,
         root=lambda wildcards: dataset_root(wildcards.dataset),
@@ -31,6 +32,7 @@ rule train:
         metrics="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/metrics.json",
         adapter=directory("results/runs/{dataset}/{method}/shots{shots}/seed{seed}/adapter"),
     params:
+        code=CODE["evaluate"],
         model=BACKBONE,
         checkpoint=CHECKPOINT,
         root=lambda wildcards: dataset_root(wildcards.dataset),

@@ -7,6 +7,7 @@ rule few_shot_split:
     output:
         "resources/splits/{dataset}/shots{shots}_seed{seed}.json",
     params:
+        code=CODE["few_shot_split"],
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
     conda:
         "../envs/complora.yaml"
