@@ -180,14 +180,7 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str) -> bytes:
             shots, means, stds = zip(*points, strict=True)
             axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
     _shots_axis(axes, sorted({row["shots"] for row in rows if row["method"] != ZERO_SHOT}))
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title(dataset)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    png = _png(figure)
-    plt.close(figure)
-    return png
+    return _finish(figure, axes, "top-1 accuracy (%)", dataset)
 
 
 def plot_retention(rows: list[dict[str, Any]]) -> bytes:
@@ -212,20 +205,22 @@ def plot_retention(rows: list[dict[str, Any]]) -> bytes:
             label=METHOD_LABELS.get(method, method),
         )
     _shots_axis(axes, sorted({row["shots"] for row in rows}))
-    axes.set_ylabel("retention (points, mean over datasets)")
-    axes.set_title("zero-shot retention after adaptation")
+    return _finish(figure, axes, "retention (points, mean over datasets)", "zero-shot retention after adaptation")
+
+
+def _finish(figure: Any, axes: Any, ylabel: str, title: str) -> bytes:
+    """Label, lay out and render a figure to PNG bytes, then free it."""
+    from matplotlib import pyplot as plt
+
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    png = _png(figure)
-    plt.close(figure)
-    return png
-
-
-def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     # No creation time or software version in the file: the same results give the same PNG bytes.
     figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
+    plt.close(figure)
     return buffer.getvalue()
 
 
