@@ -9,6 +9,15 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(sorted(set(DATASETS) | set(config["retention_datasets"]))),
+    method="|".join(TRAINED_METHODS) or "no-trained-method",
+    shots=r"\d+",
+    seed=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/splits.smk"
@@ -28,5 +37,5 @@ rule all:
 # The datasets and the pretrained model alone (the first DVC stage).
 rule prepare:
     input:
-        WORLD,
+        sorted({dataset_dir(dataset) for dataset in ALL_DATASETS}),
         MODEL_DIR,

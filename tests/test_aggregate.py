@@ -108,3 +108,21 @@ def test_refusals(runs: list[Path], tmp_path: Path, capsys):
     assert main(["aggregate", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]) == 2
     assert "missing.json does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_published_numbers_beside_ours(runs: list[Path], tmp_path: Path):
+    reference = tmp_path / "table3.csv"
+    reference.write_text(
+        "shots,method,A,B,Z,Average\n0,CLIP,51.5,31.5,9.0,30.7\n1,CoOp (4),1,1,1,1\n1,CLIP-LoRA,62.0,42.0,9.0,37.7\n"
+    )
+    aggregate(runs, tmp_path / "out", reference)
+    table = (tmp_path / "out" / "tables" / "accuracy.md").read_text().splitlines()
+    assert "| 0 | Zero-shot CLIP (published) | 51.50 | 31.50 | 41.50 |" in table
+    assert "| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |" in table
+    assert not any("CoOp" in line for line in table), "only CLIP and CLIP-LoRA rows are shown"
+    assert table.index("| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |") > table.index(
+        "| 1 | Comp-LoRA | 62.00 | 42.00 | 52.00 |"
+    )
+    reference.write_text("no,header\n")
+    with pytest.raises(ComploraError, match="is not a shots,method"):
+        aggregate(runs, tmp_path / "bad", reference)

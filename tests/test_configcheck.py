@@ -9,10 +9,13 @@ import pytest
 import yaml
 
 from complora.configcheck import check_config, load_schema
+from complora.data.registry import PAPER_DATASETS
+from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+KNOWN = (*TASKS, *PAPER_DATASETS)
 
 
 def test_empty_config_gets_every_default():
@@ -61,7 +64,7 @@ def test_shipped_configs_are_valid():
             {"methods": ["zeroshot", "lora", "prompt-tuning"]},
             ["methods[2]", "'prompt-tuning'", "zeroshot, lora, complora"],
         ),
-        ({"datasets": ["demo_shapes", "imagenet"]}, ["datasets[1]", "'imagenet'", "demo_shapes", "demo_night_shapes"]),
+        ({"datasets": ["demo_shapes", "imagenet"]}, ["datasets[1]", "'imagenet'", "demo_night_shapes", "ImageNet"]),
         ({"retention_datasets": ["caltech"]}, ["retention_datasets[0]", "demo_colors"]),
         ({"shots": [1, -4]}, ["shots[1]", "-4", ">= 1"]),
         ({"seeds": [-1]}, ["seeds[0]", ">= 0"]),
@@ -79,11 +82,20 @@ def test_shipped_configs_are_valid():
 )
 def test_bad_values_are_named_with_the_allowed_ones(config: dict, expected: list[str]):
     with pytest.raises(ComploraError) as error:
-        check_config(config, SCHEMA, "my.yaml")
+        check_config(config, SCHEMA, "my.yaml", datasets=KNOWN)
     message = str(error.value)
     assert message.startswith("my.yaml is not a valid experiment config")
     for text in expected:
         assert text in message, (text, message)
+
+
+def test_custom_dataset_names_are_allowed():
+    config = {"datasets": ["mine", "EuroSAT"], "custom_datasets": {"mine": {"images": "/data/mine"}}}
+    check_config(config, SCHEMA, datasets=KNOWN)
+    assert config["custom_datasets"]["mine"] == {"images": "/data/mine", "split_file": None, "classnames": None,
+                                                 "seed": 0}  # fmt: skip
+    with pytest.raises(ComploraError, match=r"custom_datasets\.mine: unknown key\(s\) folder"):
+        check_config({"custom_datasets": {"mine": {"images": "x", "folder": "y"}}}, SCHEMA, datasets=KNOWN)
 
 
 def test_every_problem_is_reported_at_once():

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from complora.splitfile import few_shot_split
+from dataset_fixtures import build_fixture, jpeg, serve
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +196,43 @@ def test_dvc_repro_push_and_pull(demo: Path, tmp_path: Path):
     (project / "config.yaml").write_text(yaml.safe_dump(config))
     counts = job_counts(run(project, "snakemake", "-n").stdout)
     assert counts == {"train": len(DATASETS) * len(SHOTS) * len(SEEDS), "aggregate": 1, "all": 1}
+
+
+def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
+    project = make_project(tmp_path / "project", REDUCED)
+    shutil.copytree(ROOT / "config", project / "config")
+    result = run(project, "snakemake", "-n", "--configfile", "config/paper.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    grid = 11 * 5 * 3
+    assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": grid, "projector": 1,
+                                  "zero_shot": 11, "train": 2 * grid, "aggregate": 1, "all": 1}  # fmt: skip
+    gpu_jobs = re.findall(r"^rule (\w+):(?:\n    .*)*\n    resources: .*gpu=1", output, re.MULTILINE)
+    assert gpu_jobs == ["train"] * 2 * grid, "every training job, and only those, asks for a GPU"
+
+
+def test_downloaded_and_custom_datasets_through_the_workflow(tmp_path: Path):
+    """A registry dataset fetched from a local server (first mirror 404) and a custom image folder, end to end."""
+    www = tmp_path / "www"
+    custom = tmp_path / "my_images"
+    for cls in ("cat", "dog"):
+        (custom / cls).mkdir(parents=True)
+        for index in range(6):
+            (custom / cls / f"{index}.jpg").write_bytes(jpeg(index))
+    with serve(www) as (url, requests):
+        registry = tmp_path / "registry.yaml"
+        registry.write_text(yaml.safe_dump({"EuroSAT": build_fixture("EuroSAT", url, www)}))
+        config = {**REDUCED, "datasets": ["EuroSAT", "mine"], "retention_datasets": ["EuroSAT", "mine"], "shots": [1],
+                  "data": {"registry": str(registry), "cache": str(tmp_path / "cache")},
+                  "custom_datasets": {"mine": {"images": str(custom), "seed": 5}}}  # fmt: skip
+        project = make_project(tmp_path / "project", config)
+        result = run(project, "snakemake", "--cores", "2")
+        assert result.returncode == 0, result.stderr[-5000:]
+    assert any(path.startswith("/missing/EuroSAT/") for path, _ in requests)
+    manifest = json.loads((project / "resources/data/EuroSAT/dataset.json").read_text())
+    assert manifest["counts"] == {"train": 6, "val": 3, "test": 3} and manifest["source"]["kind"] == "download"
+    assert json.loads((project / "resources/data/mine/dataset.json").read_text())["counts"]["train"] == 6
+    for dataset in ("EuroSAT", "mine"):
+        metrics = json.loads((project / f"results/runs/{dataset}/complora/shots1/seed1/metrics.json").read_text())
+        assert set(metrics["retention"]) == {"EuroSAT", "mine"} - {dataset}
+    assert "| shots | method | EuroSAT | mine | Average |" in (project / "results/tables/accuracy.md").read_text()

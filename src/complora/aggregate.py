@@ -23,6 +23,8 @@ ZERO_SHOT = "zeroshot"
 METHOD_ORDER = (ZERO_SHOT, "lora", "complora")
 METHOD_LABELS = {ZERO_SHOT: "Zero-shot CLIP", "lora": "LoRA", "complora": "Comp-LoRA"}
 REQUIRED_FIELDS = ("dataset", "method", "shots", "seed", "accuracy", "retention", "backbone", "config_hash")
+# Published rows shown beside ours when a reference table is given (CLIP-LoRA's Table 3 method names).
+PUBLISHED = {"CLIP": "Zero-shot CLIP (published)", "CLIP-LoRA": "CLIP-LoRA (published)"}
 MEAN = "mean"  # the retention_dataset value of rows averaged over every retention dataset
 
 
@@ -123,8 +125,29 @@ def _wide_table(cells: dict[tuple[int, str], dict[str, float]], datasets: list[s
     return "\n".join(lines) + "\n"
 
 
-def accuracy_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
+def reference_cells(path: str | os.PathLike[str], datasets: list[str]) -> dict[tuple[int, str], dict[str, float]]:
+    """Published numbers (a CSV shaped like CLIP-LoRA's Table 3) for the rows and datasets we report."""
     cells: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"shots", "method"} <= set(reader.fieldnames or []):
+                raise KeyError("shots/method columns")
+            for row in reader:
+                label = PUBLISHED.get(row["method"])
+                if label:
+                    for dataset in datasets:
+                        if row.get(dataset):
+                            cells[(int(row["shots"]), label)][dataset] = float(row[dataset])
+    except (OSError, KeyError, ValueError) as error:
+        raise ComploraError(f"reference table {path} is not a shots,method,<datasets> CSV ({error!r})") from None
+    return cells
+
+
+def accuracy_table(
+    rows: list[dict[str, Any]], datasets: list[str], reference: dict[tuple[int, str], dict[str, float]] | None = None
+) -> str:
+    cells: dict[tuple[int, str], dict[str, float]] = defaultdict(dict, reference or {})
     for row in rows:
         cells[(row["shots"], row["method"])][row["dataset"]] = row["mean"]
     return _wide_table(cells, datasets, signed=False)
@@ -281,14 +304,20 @@ def _summary_markdown(runs: list[dict[str, Any]], figures: dict[str, Any], accur
     return "\n".join(lines)
 
 
-def aggregate(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``tables/``, ``plots/``, ``summary.md`` and ``metrics.json`` under ``out``; returns the headline."""
+def aggregate(
+    paths: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``tables/``, ``plots/``, ``summary.md`` and ``metrics.json`` under ``out``; returns the headline.
+    ``reference``: published numbers (CLIP-LoRA's Table 3 CSV) to put beside ours in the accuracy table."""
     out = Path(out)
     runs = read_runs(paths)
     datasets = sorted({run["dataset"] for run in runs})
     accuracy = accuracy_rows(runs)
     retention = retention_rows(runs)
-    accuracy_md = accuracy_table(accuracy, datasets)
+    published = reference_cells(reference, datasets) if reference else None
+    accuracy_md = accuracy_table(accuracy, datasets, published)
     retention_md = retention_table(retention, datasets)
     figures = headline(accuracy, retention)
     # Everything is rendered before anything is written, so a failure leaves the previous results intact.

@@ -264,14 +264,75 @@ def _run_train(args: argparse.Namespace) -> None:
 def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", nargs="+", type=Path, help="the runs' metrics.json files")
     parser.add_argument("--out", type=Path, required=True, help="results folder: tables/, plots/, summary.md")
+    parser.add_argument("--reference", type=Path, help="published numbers to show beside ours (Table 3 CSV)")
 
 
 def _run_aggregate(args: argparse.Namespace) -> None:
     from .aggregate import aggregate
 
-    figures = aggregate(args.metrics, args.out)
+    figures = aggregate(args.metrics, args.out, args.reference)
     print(f"wrote {args.out}: tables, plots and summary.md from {len(args.metrics)} runs", file=sys.stderr)
     print(json.dumps(figures, indent=1), file=sys.stderr)
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="benchmark name, e.g. Caltech101 (see complora.data.registry)")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create: images/, split.json")
+    parser.add_argument("--cache", type=Path, required=True, help="download cache (archives and split files)")
+    parser.add_argument("--data-root", type=Path, help="folder that may hold the dataset already")
+    parser.add_argument("--registry", type=Path, help="YAML overrides of the registry (mirrors, URLs, checksums)")
+
+
+def _run_dataset(args: argparse.Namespace) -> None:
+    from .data.prepare import find_local, prepare_download, prepare_local
+    from .data.registry import load_registry
+
+    registry = load_registry(args.registry)
+    if args.name not in registry:
+        raise ComploraError(f"--name {args.name}: unknown dataset; known: {', '.join(sorted(registry))}")
+    spec = registry[args.name]
+    local = find_local(spec, args.data_root) if args.data_root else None
+    if local is not None:
+        prepare_local(spec, local, args.out, args.cache)
+    else:
+        if args.data_root:
+            folders = ", ".join(spec.folders)
+            print(f"{spec.name}: none of {folders} under {args.data_root}; downloading", file=sys.stderr)
+        prepare_download(spec, args.out, args.cache)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _add_custom_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--images", type=Path, required=True, help="image folder: one sub-folder per class")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split-file", type=Path, help="your CoOp-style split file (default: a seeded 50/20/30 split)")
+    parser.add_argument("--classnames", type=Path, help="class names, one per line in sorted folder order")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 50/20/30 split")
+
+
+def _run_custom_dataset(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare_custom
+
+    _check_seed(args.seed)
+    prepare_custom(
+        args.name, args.images, args.out, split_file=args.split_file, classnames_file=args.classnames, seed=args.seed
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-16")
+    parser.add_argument("--pretrained", required=True, help="open_clip tag (e.g. openai) or a local checkpoint file")
+    parser.add_argument("--out", type=Path, required=True, help="folder for open_clip_model.safetensors, metadata")
+    parser.add_argument("--cache", type=Path, required=True, help="download cache for tagged weights")
+
+
+def _run_weights(args: argparse.Namespace) -> None:
+    from .weights import fetch_weights
+
+    metadata = fetch_weights(args.model, args.pretrained, args.out, args.cache)
+    print(f"wrote {args.out}: weights {metadata['weights_sha256'][:12]}", file=sys.stderr)
 
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
@@ -289,6 +350,21 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "pretrain the demo's tiny CLIP contrastively on captioned scenes of the demo world",
         _add_demo_pretrain_arguments,
         _run_demo_pretrain,
+    ),
+    "dataset": (
+        "download (or find locally), verify and lay out one of the paper's benchmarks",
+        _add_dataset_arguments,
+        _run_dataset,
+    ),
+    "custom-dataset": (
+        "lay out your own image folder or split file as a dataset",
+        _add_custom_dataset_arguments,
+        _run_custom_dataset,
+    ),
+    "weights": (
+        "pretrained open_clip weights (a tag, downloaded, or a local file) as a pipeline artifact",
+        _add_weights_arguments,
+        _run_weights,
     ),
     "split": ("draw a k-shot split (CoOp convention) from a dataset's split file", _add_split_arguments, _run_split),
     "evaluate": (

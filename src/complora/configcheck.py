@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,32 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ComploraError(f"config schema {path} cannot be read ({error})") from error
 
 
-def check_config(config: dict[str, Any], schema: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Fill ``config`` in place with the schema's defaults and check it; raises one error listing every problem."""
+DATASET_KEYS = ("datasets", "retention_datasets")
+
+
+def _dataset_problems(config: dict[str, Any], known: Sequence[str]) -> list[str]:
+    """Names in the dataset lists that are neither known datasets nor keys of ``custom_datasets``."""
+    allowed = [*known, *config.get("custom_datasets", {})]
+    return [
+        f"  - {key}[{index}]: {name!r} is not allowed; allowed values: {', '.join(allowed)}"
+        for key in DATASET_KEYS
+        for index, name in enumerate(config.get(key) or [])
+        if isinstance(name, str) and name not in allowed
+    ]
+
+
+def check_config(
+    config: dict[str, Any], schema: dict[str, Any], source: str = "config", datasets: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Fill ``config`` in place with the schema's defaults and check it; with ``datasets`` (the known names),
+    also check the dataset lists. Raises one error listing every problem."""
     if not isinstance(config, dict):
         raise ComploraError(f"{source}: expected a mapping of settings, got {type(config).__name__}")
     validator = _with_defaults(Draft202012Validator, schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: [str(part) for part in error.absolute_path])
-    if errors:
-        lines = [f"  - {_key(error.absolute_path)}: {_describe(error)}" for error in errors]
+    lines = [f"  - {_key(error.absolute_path)}: {_describe(error)}" for error in errors]
+    if datasets is not None and not errors:
+        lines += _dataset_problems(config, datasets)
+    if lines:
         raise ComploraError(f"{source} is not a valid experiment config:\n" + "\n".join(lines))
     return config

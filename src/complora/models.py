@@ -30,7 +30,12 @@ def register_model_config(path: str | Path) -> str:
 
 
 def load_clip(
-    name: str, pretrained: str = NO_WEIGHTS, *, device: str | torch.device = "cpu", seed: int = 0
+    name: str,
+    pretrained: str = NO_WEIGHTS,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> nn.Module:
     """An open_clip model: ``name`` is a built-in architecture or a JSON config file; ``pretrained`` is an
     open_clip tag, a checkpoint path, or ``none`` for a random initialisation drawn from ``seed``."""
@@ -42,7 +47,9 @@ def load_clip(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = open_clip.create_model(name, pretrained=weights, device=device)
+            model = open_clip.create_model(
+                name, pretrained=weights, device=device, cache_dir=str(cache_dir) if cache_dir else None
+            )
         # open_clip and torch raise many exception types for a bad file, tag or download.
         except Exception as error:
             raise ComploraError(

@@ -3,14 +3,16 @@
 
 rule aggregate:
     input:
-        TABLE_METRICS,
+        metrics=TABLE_METRICS,
+        reference=[config["reference_table"]] if config["reference_table"] else [],
     output:
         AGGREGATE_OUTPUTS,
     conda:
         "../envs/complora.yaml"
     params:
         code=CODE["aggregate"],
+        reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
     log:
         "logs/aggregate.log",
     shell:
-        "complora aggregate {input} --out results > {log} 2>&1"
+        "complora aggregate {input.metrics} {params.reference} --out results > {log} 2>&1"

@@ -4,6 +4,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from complora.configcheck import check_config, load_schema
+from complora.data.registry import load_registry
+from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
 from complora.sourcehash import source_fingerprint
 
@@ -11,7 +13,8 @@ CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema
 CONFIG_SOURCE = ", ".join(str(path) for path in workflow.configfiles) or "the config"
 
 try:
-    check_config(config, load_schema(CONFIG_SCHEMA), source=CONFIG_SOURCE)
+    REGISTRY = load_registry(config.get("data", {}).get("registry"))
+    check_config(config, load_schema(CONFIG_SCHEMA), source=CONFIG_SOURCE, datasets=[*TASKS, *REGISTRY])
 except ComploraError as error:
     raise WorkflowError(str(error)) from None
 
@@ -20,6 +23,8 @@ except ComploraError as error:
 CODE = {
     "demo_world": source_fingerprint("complora.demo.datasets"),
     "demo_pretrain": source_fingerprint("complora.demo.pretrain"),
+    "dataset": source_fingerprint("complora.data.prepare"),
+    "weights": source_fingerprint("complora.weights"),
     "few_shot_split": source_fingerprint("complora.splitfile"),
     "projector": source_fingerprint("complora.subspace"),
     "evaluate": source_fingerprint("complora.experiment"),
@@ -31,25 +36,40 @@ DATASETS = config["datasets"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
 BACKBONE = config["backbone"]["model"]
+PRETRAINED = config["backbone"]["pretrained"]
+DEMO_WEIGHTS = PRETRAINED == "demo"
 WORLD = "resources/data/demo_world"
-MODEL_DIR = f"resources/models/{BACKBONE}"
+# One folder per (architecture, weights): a tag by name, a local checkpoint by its file name.
+BACKBONE_ID = BACKBONE if DEMO_WEIGHTS else f"{BACKBONE}_{Path(PRETRAINED).stem}"
+MODEL_DIR = f"resources/models/{BACKBONE_ID}"
 CHECKPOINT = f"{MODEL_DIR}/open_clip_model.safetensors"
-PROJECTOR = f"resources/projectors/{BACKBONE}.safetensors"
+PROJECTOR = f"resources/projectors/{BACKBONE_ID}.safetensors"
+CUSTOM = config["custom_datasets"]
+ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
+NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
 
 
-wildcard_constraints:
-    dataset="|".join(sorted(set(DATASETS) | set(config["retention_datasets"]))),
-    method="|".join(TRAINED_METHODS) or "no-trained-method",
-    shots=r"\d+",
-    seed=r"\d+",
+
+def is_demo(dataset):
+    return dataset in TASKS
+
+
+def dataset_dir(dataset):
+    """The folder written for a dataset (the whole demo world, or resources/data/<name>)."""
+    return WORLD if is_demo(dataset) else f"resources/data/{dataset}"
 
 
 def dataset_root(dataset):
-    return f"{WORLD}/{dataset}"
+    """The folder the split file's relative image paths start from."""
+    return f"{WORLD}/{dataset}" if is_demo(dataset) else f"resources/data/{dataset}/images"
 
 
 def dataset_split_file(dataset):
-    return f"{dataset_root(dataset)}/split.json"
+    return f"{WORLD}/{dataset}/split.json" if is_demo(dataset) else f"resources/data/{dataset}/split.json"
+
+
+def name_pattern(names):
+    return "|".join(sorted(names)) or NOTHING
 
 
 def retention_datasets(dataset):
@@ -79,7 +99,7 @@ def method_flags(method):
 
 def train_inputs(wildcards):
     inputs = {
-        "world": WORLD,
+        "data": dataset_dir(wildcards.dataset),
         "model": MODEL_DIR,
         "split": f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json",
         "zero_shot": [zero_shot_metrics(d) for d in [wildcards.dataset, *retention_datasets(wildcards.dataset)]],

@@ -1,22 +1,42 @@
-# Pretrained weights. For the demo: contrastive pretraining of the tiny CLIP on the demo world.
+# Pretrained weights: for the demo, contrastive pretraining of the tiny CLIP on the demo world; otherwise an
+# open_clip tag (downloaded once) or a local checkpoint, stored as one artifact.
 
 
-rule demo_pretrain:
-    input:
-        world=WORLD,
-    output:
-        directory(MODEL_DIR),
-    params:
-        code=CODE["demo_pretrain"],
-        pretraining=config["demo"]["pretraining"],
-    # The weights are reproducible for a given thread count; 2 is what the published figures used.
-    threads: 2
-    conda:
-        "../envs/complora.yaml"
-    log:
-        "logs/models/demo_pretrain.log",
-    shell:
-        "complora demo-pretrain --data {input.world} --out {output} --threads {threads}"
-        " --seed {params.pretraining[seed]} --steps {params.pretraining[steps]}"
-        " --batch-size {params.pretraining[batch_size]} --pool-size {params.pretraining[pool_size]}"
-        " > {log} 2>&1"
+if DEMO_WEIGHTS:
+
+    rule demo_pretrain:
+        input:
+            world=WORLD,
+        output:
+            directory(MODEL_DIR),
+        params:
+            code=CODE["demo_pretrain"],
+            pretraining=config["demo"]["pretraining"],
+        # The weights are reproducible for a given thread count; 2 is what the published figures used.
+        threads: 2
+        conda:
+            "../envs/complora.yaml"
+        log:
+            "logs/models/demo_pretrain.log",
+        shell:
+            "complora demo-pretrain --data {input.world} --out {output} --threads {threads}"
+            " --seed {params.pretraining[seed]} --steps {params.pretraining[steps]}"
+            " --batch-size {params.pretraining[batch_size]} --pool-size {params.pretraining[pool_size]}"
+            " > {log} 2>&1"
+
+else:
+
+    rule pretrained_weights:
+        output:
+            directory(MODEL_DIR),
+        conda:
+            "../envs/complora.yaml"
+        params:
+            code=CODE["weights"],
+            model=BACKBONE,
+            pretrained=PRETRAINED,
+        log:
+            f"logs/models/{BACKBONE_ID}.log",
+        shell:
+            "complora weights --model {params.model} --pretrained {params.pretrained} --out {output}"
+            " --cache resources/open_clip_cache > {log} 2>&1"

@@ -3,7 +3,7 @@
 
 rule zero_shot:
     input:
-        world=WORLD,
+        data=lambda wildcards: dataset_dir(wildcards.dataset),
         model=MODEL_DIR,
     output:
         zero_shot_metrics("{dataset}"),
@@ -45,6 +45,8 @@ rule train:
         projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
     threads: 1
+    resources:
+        gpu=config["gpus_per_training_job"],
     conda:
         "../envs/complora.yaml"
     log:

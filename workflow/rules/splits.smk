@@ -3,7 +3,7 @@
 
 rule few_shot_split:
     input:
-        world=WORLD,
+        data=lambda wildcards: dataset_dir(wildcards.dataset),
     output:
         "resources/splits/{dataset}/shots{shots}_seed{seed}.json",
     params:

@@ -1,0 +1,1 @@
+"""The real few-shot benchmarks: where they come from, how they are fetched, checked and laid out."""
