@@ -12,7 +12,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    dataset="|".join(sorted(set(DATASETS) | set(config["retention_datasets"]))),
+    dataset=name_pattern(ALL_DATASETS),
     method="|".join(TRAINED_METHODS) or "no-trained-method",
     shots=r"\d+",
     seed=r"\d+",

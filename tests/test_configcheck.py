@@ -94,6 +94,11 @@ def test_custom_dataset_names_are_allowed():
     check_config(config, SCHEMA, datasets=KNOWN)
     assert config["custom_datasets"]["mine"] == {"images": "/data/mine", "split_file": None, "classnames": None,
                                                  "seed": 0}  # fmt: skip
+    for taken in ("EuroSAT", "demo_shapes", "demo_world"):
+        with pytest.raises(ComploraError, match=f"custom_datasets.{taken}: the name is taken"):
+            check_config({"custom_datasets": {taken: {"images": "x"}}}, SCHEMA, datasets=KNOWN)
+    with pytest.raises(ComploraError, match="custom_datasets"):
+        check_config({"custom_datasets": {"my/data": {"images": "x"}}}, SCHEMA, datasets=KNOWN)
     with pytest.raises(ComploraError, match=r"custom_datasets\.mine: unknown key\(s\) folder"):
         check_config({"custom_datasets": {"mine": {"images": "x", "folder": "y"}}}, SCHEMA, datasets=KNOWN)
 

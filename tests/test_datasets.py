@@ -82,6 +82,12 @@ def test_interrupted_download_resumes(server, tmp_path: Path):
     assert download(remote, tmp_path).read_bytes() == payload
     assert ("/resume/big.bin", "bytes=120000-") in requests
     assert not (tmp_path / "big.bin.part").exists()
+    # A dead first mirror does not throw the partial file away: the next mirror continues it.
+    behind_dead = RemoteFile("big.bin", (f"{url}/dead/big.bin", f"{url}/resume/big.bin"), sha256=remote.sha256)
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "big.bin.part").write_bytes(payload[:50_000])
+    assert download(behind_dead, tmp_path / "again").read_bytes() == payload
+    assert ("/dead/big.bin", "bytes=50000-") in requests and ("/resume/big.bin", "bytes=50000-") in requests
 
 
 def override(registry_file: Path, tmp_path: Path, name: str, **changes) -> dict:
@@ -113,6 +119,18 @@ def test_corrupt_archive_is_refused_and_dropped_from_the_cache(server, registry_
         prepare_download(spec, tmp_path / "data" / "DTD", tmp_path / "cache")
     assert tree_files(tmp_path / "data") == []
     assert "dtd-r1.0.1.tar.gz" not in tree_files(tmp_path / "cache" / "DTD"), "a rerun downloads it again"
+
+
+def test_a_split_file_that_does_not_parse_leaves_the_cache(server, registry_file: Path, tmp_path: Path):
+    url, root, _ = server
+    (root / "html").mkdir(exist_ok=True)
+    (root / "html" / "split_zhou_EuroSAT.json").write_text("<html>Google Drive can't scan this file</html>")
+    split = {"name": "split_zhou_EuroSAT.json", "urls": [f"{url}/html/split_zhou_EuroSAT.json"]}
+    spec = override(registry_file, tmp_path, "EuroSAT", split_file=split)["EuroSAT"]
+    with pytest.raises(ComploraError, match="removed from the cache"):
+        prepare_download(spec, tmp_path / "data" / "EuroSAT", tmp_path / "cache")
+    assert "split_zhou_EuroSAT.json" not in tree_files(tmp_path / "cache" / "EuroSAT")
+    assert tree_files(tmp_path / "data") == []
 
 
 def test_wrong_class_count_names_dataset_expected_and_found(registry_file: Path, tmp_path: Path):
@@ -150,6 +168,10 @@ def test_imagenet_missing_gives_the_layout_and_present_is_prepared(tmp_path: Pat
                 (root / "images" / split / wnid / f"{i}.JPEG").write_bytes(jpeg(i))
     (root / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\n")
     tiny = override_spec(spec, classes=2, counts={"train": None, "val": 4, "test": 4})
+    (root / "images" / "val" / "n01443537").rename(root / "unsorted")
+    with pytest.raises(ComploraError, match="sort the validation images"):
+        prepare_local(tiny, root, tmp_path / "data" / "ImageNet", tmp_path)
+    (root / "unsorted").rename(root / "images" / "val" / "n01443537")
     out = prepare_local(tiny, find_local(tiny, tmp_path / "datasets"), tmp_path / "data" / "ImageNet", tmp_path)
     splits = read_split(out / "split.json")
     assert len(splits["train"]) == 6 and splits["val"] == splits["test"] and splits["test"][0][2] == "tench"
@@ -182,3 +204,19 @@ def test_custom_image_folder_and_own_split_file(tmp_path: Path):
     with pytest.raises(ComploraError, match="1 class names for 2 class folders"):
         prepare_custom("pets", images, tmp_path / "e", classnames_file=names)
     assert not (tmp_path / "e").exists()
+    with pytest.raises(ComploraError, match="not both"):
+        prepare_custom("pets", images, tmp_path / "f", split_file=first / "split.json", classnames_file=names)
+
+
+def test_custom_split_per_class_is_stable_and_small_classes_get_a_test_image(tmp_path: Path):
+    images = tmp_path / "images"
+    for cls, count in (("ant", 3), ("bee", 12)):
+        (images / cls).mkdir(parents=True)
+        for i in range(count):
+            (images / cls / f"{i}.jpg").write_bytes(jpeg(i))
+    before = read_split(prepare_custom("bugs", images, tmp_path / "a", seed=1) / "split.json")
+    assert [len([e for e in before[s] if e[2] == "ant"]) for s in ("train", "val", "test")] == [1, 1, 1]
+    (images / "ant" / "3.jpg").write_bytes(jpeg(3))
+    after = read_split(prepare_custom("bugs", images, tmp_path / "b", seed=1) / "split.json")
+    for split in ("train", "val", "test"):
+        assert [e for e in before[split] if e[2] == "bee"] == [e for e in after[split] if e[2] == "bee"]

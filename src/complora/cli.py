@@ -295,7 +295,7 @@ def _run_dataset(args: argparse.Namespace) -> None:
     if local is not None:
         prepare_local(spec, local, args.out, args.cache)
     else:
-        if args.data_root:
+        if args.data_root and spec.downloadable:
             folders = ", ".join(spec.folders)
             print(f"{spec.name}: none of {folders} under {args.data_root}; downloading", file=sys.stderr)
         prepare_download(spec, args.out, args.cache)

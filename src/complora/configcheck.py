@@ -98,15 +98,25 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
 DATASET_KEYS = ("datasets", "retention_datasets")
 
 
+RESERVED_NAMES = ("demo_world",)  # the demo world's folder under resources/data
+
+
 def _dataset_problems(config: dict[str, Any], known: Sequence[str]) -> list[str]:
-    """Names in the dataset lists that are neither known datasets nor keys of ``custom_datasets``."""
-    allowed = [*known, *config.get("custom_datasets", {})]
-    return [
+    """Custom names that clash with built-in ones, and names in the dataset lists that are neither."""
+    custom = list(config.get("custom_datasets", {}))
+    problems = [
+        f"  - custom_datasets.{name}: the name is taken by a built-in dataset; choose another"
+        for name in custom
+        if name in known or name in RESERVED_NAMES
+    ]
+    allowed = [*known, *custom]
+    problems += [
         f"  - {key}[{index}]: {name!r} is not allowed; allowed values: {', '.join(allowed)}"
         for key in DATASET_KEYS
         for index, name in enumerate(config.get(key) or [])
         if isinstance(name, str) and name not in allowed
     ]
+    return problems
 
 
 def check_config(

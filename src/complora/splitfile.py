@@ -24,8 +24,10 @@ def read_split(path: str | os.PathLike[str]) -> dict[str, list[Entry]]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ComploraError(f"split file {path} does not exist") from None
-    except json.JSONDecodeError as error:
-        raise ComploraError(f"split file {path} is not valid JSON ({error})") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ComploraError(f"split file {path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ComploraError(f"split file {path} is not a mapping of train/val/test lists")
     splits = {}
     for split in SPLITS:
         if split not in data:

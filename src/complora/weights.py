@@ -28,10 +28,17 @@ METADATA_FILE = "metadata.json"
 HUB = "https://huggingface.co"
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub opens (assumed yes behind a proxy, which we cannot probe cheaply)."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
     parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -59,7 +66,8 @@ def fetch_weights(model: str, pretrained: str, out: str | os.PathLike[str], cach
                 f"{', '.join(tags) or 'none'}"
             )
         endpoint = os.environ.get("HF_ENDPOINT", HUB)
-        if not _reachable(endpoint):
+        # HF_HUB_OFFLINE=1 means "use the cache only": open_clip then fails fast by itself when it is not there.
+        if not os.environ.get("HF_HUB_OFFLINE") and not _reachable(endpoint):
             raise ComploraError(
                 f"{model}/{pretrained}: {endpoint} cannot be reached (offline?). Download "
                 f"{_where_to_get(model, pretrained)} on a machine with network access, copy it to this one and set "

@@ -1,4 +1,5 @@
 # The experiment grid and paths, computed once from the checked config.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -69,7 +70,7 @@ def dataset_split_file(dataset):
 
 
 def name_pattern(names):
-    return "|".join(sorted(names)) or NOTHING
+    return "|".join(re.escape(name) for name in sorted(names)) or NOTHING
 
 
 def retention_datasets(dataset):

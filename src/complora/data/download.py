@@ -8,6 +8,7 @@ checked against the published md5/sha256 and only then renamed to its final name
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -67,6 +68,8 @@ def _fetch_one(url: str, part: Path) -> None:
             for block in iter(lambda: response.read(CHUNK), b""):
                 handle.write(block)
                 bar.update(len(block))
+    if total is not None and part.stat().st_size < total:  # the connection ended early: keep it to resume
+        raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
 def download(remote: RemoteFile, directory: str | os.PathLike[str]) -> Path:
@@ -85,10 +88,11 @@ def download(remote: RemoteFile, directory: str | os.PathLike[str]) -> Path:
         try:
             log.info("downloading %s from %s", remote.name, url)
             _fetch_one(url, part)
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+            # The partial file stays: the next mirror (or a rerun) continues it, and the digest check below
+            # catches a mirror that served different bytes.
             failures.append(f"{url}: {error}")
             log.warning("%s failed (%s); trying the next mirror", url, error)
-            part.unlink(missing_ok=True)
             continue
         problem = digest_problem(part, remote)
         if problem is not None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,8 @@ def _finish(spec: DatasetSpec, staging: Path, splits: dict[str, list[Entry]], ou
 def _staged(out: Path, build: Callable[[Path], Path]) -> Path:
     """Run ``build`` in a fresh staging folder beside ``out``; remove the staging folder if it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.staging-*"):  # left by a killed job
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     default_permissions(staging, directory=True)
     try:
@@ -109,12 +113,20 @@ def extract(archive: Path, destination: Path) -> None:
         else:
             with tarfile.open(archive) as bundle:
                 bundle.extractall(destination, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        archive.unlink(missing_ok=True)
-        raise ComploraError(
-            f"archive {archive} is corrupt or truncated ({error}); it was deleted from the cache, rerun to download "
-            "it again"
-        ) from None
+    except OSError as error:
+        if error.errno is not None:  # disk full, permissions: the archive is fine, the machine is not
+            raise ComploraError(f"extracting {archive} into {destination} failed ({error})") from None
+        _corrupt(archive, error)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
+        _corrupt(archive, error)
+
+
+def _corrupt(archive: Path, error: Exception) -> None:
+    archive.unlink(missing_ok=True)
+    raise ComploraError(
+        f"archive {archive} is corrupt or truncated ({error}); it was deleted from the cache, rerun to download "
+        "it again"
+    ) from None
 
 
 def _fgvc_split(data_dir: Path) -> dict[str, list[Entry]]:
@@ -151,6 +163,12 @@ def _imagenet_split(root: Path) -> tuple[dict[str, list[Entry]], Path]:
     missing = [wnid for wnid in wnids if wnid not in names]
     if missing:
         raise ComploraError(f"ImageNet: {names_file} has no name for {len(missing)} class folders (first {missing[0]})")
+    unsorted = [wnid for wnid in wnids if not (images / "val" / wnid).is_dir()]
+    if unsorted:
+        raise ComploraError(
+            f"ImageNet: {images / 'val'} has no folder for {len(unsorted)} classes (first {unsorted[0]}): sort the "
+            f"validation images into one folder per class.\n{IMAGENET_LAYOUT}"
+        )
     splits: dict[str, list[Entry]] = {}
     for split, folder in (("train", "train"), ("test", "val")):
         splits[split] = [
@@ -161,6 +179,15 @@ def _imagenet_split(root: Path) -> tuple[dict[str, list[Entry]], Path]:
         ]
     splits["val"] = list(splits["test"])  # CoOp: ImageNet's validation set is its test set
     return splits, images
+
+
+def _read_downloaded_split(path: Path) -> dict[str, list[Entry]]:
+    """A downloaded split file; one that does not parse (truncated, or an HTML page) leaves the cache."""
+    try:
+        return read_split(path)
+    except ComploraError as error:
+        path.unlink(missing_ok=True)
+        raise ComploraError(f"{error}; the file was removed from the cache, rerun to download it again") from None
 
 
 def find_local(spec: DatasetSpec, data_root: str | os.PathLike[str]) -> Path | None:
@@ -185,9 +212,10 @@ def prepare_local(spec: DatasetSpec, folder: Path, out: str | os.PathLike[str], 
                 splits = _fgvc_split(folder)
             else:
                 split_file = folder / spec.split_file.name
-                if not split_file.is_file():
-                    split_file = download(spec.split_file, Path(cache) / spec.name)
-                splits = read_split(split_file)
+                if split_file.is_file():
+                    splits = read_split(split_file)
+                else:
+                    splits = _read_downloaded_split(download(spec.split_file, Path(cache) / spec.name))
         (staging / "images").symlink_to(images.resolve(), target_is_directory=True)
         return _finish(spec, staging, splits, out, {"kind": "local", "images": str(images.resolve())})
 
@@ -197,10 +225,16 @@ def prepare_local(spec: DatasetSpec, folder: Path, out: str | os.PathLike[str], 
 def prepare_download(spec: DatasetSpec, out: str | os.PathLike[str], cache: str | os.PathLike[str]) -> Path:
     """Download (resumable, verified, mirror by mirror), extract, and lay out ``spec`` under ``out``."""
     if spec.split_kind == "imagenet" or not spec.downloadable:
-        raise ComploraError(f"{spec.name} cannot be downloaded automatically.\n{IMAGENET_LAYOUT}")
+        raise ComploraError(
+            f"{spec.name} cannot be downloaded automatically; set data.root (--data-root) to the folder that holds "
+            f"it.\n{IMAGENET_LAYOUT}"
+        )
     out, cache = Path(out), Path(cache) / spec.name
-    archives = [download(remote, cache) for remote in spec.archives]
-    split_file = download(spec.split_file, cache) if spec.split_file else None
+    try:
+        archives = [download(remote, cache) for remote in spec.archives]
+        split_file = download(spec.split_file, cache) if spec.split_file else None
+    except ComploraError as error:
+        raise ComploraError(f"{spec.name}: {error}" + (f"\nNote: {spec.notes}" if spec.notes else "")) from None
 
     def build(staging: Path) -> Path:
         extracted = staging / "extracted"
@@ -211,7 +245,7 @@ def prepare_download(spec: DatasetSpec, out: str | os.PathLike[str], cache: str 
             raise ComploraError(
                 f"{spec.name}: the archives hold no {spec.image_dir}/ folder; the mirror served another layout"
             )
-        splits = _fgvc_split(images.parent) if spec.split_kind == "fgvc" else read_split(split_file)
+        splits = _fgvc_split(images.parent) if spec.split_kind == "fgvc" else _read_downloaded_split(split_file)
         os.replace(images, staging / "images")
         if extracted.exists():  # the rest of the archives (for image_dir "." nothing is left)
             shutil.rmtree(extracted)
@@ -235,15 +269,17 @@ def custom_split(images: Path, seed: int, classnames: list[str] | None = None) -
             f"custom dataset {images}: {len(classnames)} class names for {len(folders)} class folders; give one per "
             "folder, in sorted folder order"
         )
-    rng = np.random.default_rng(seed)
     splits: dict[str, list[Entry]] = {split: [] for split in SPLITS}
     for label, folder in enumerate(folders):
         files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) < 3:
             raise ComploraError(f"custom dataset {images}: class {folder.name} has {len(files)} images, needs >= 3")
+        # A generator per class (seeded by the class's folder name): adding images to one class, or another
+        # class, leaves the other classes' splits as they were.
+        rng = np.random.default_rng([seed, zlib.crc32(folder.name.encode())])
         order = [files[i] for i in rng.permutation(len(files))]
-        n_train = max(1, round(CUSTOM_FRACTIONS[0] * len(files)))
-        n_val = max(1, round(CUSTOM_FRACTIONS[1] * len(files)))
+        n_train = max(1, int(CUSTOM_FRACTIONS[0] * len(files)))
+        n_val = max(1, int(CUSTOM_FRACTIONS[1] * len(files)))
         name = classnames[label] if classnames else folder.name
         parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
         for split, chosen in parts.items():
@@ -266,7 +302,14 @@ def prepare_custom(
         raise ComploraError(f"custom dataset {name}: images folder {images} does not exist")
     classnames = None
     if classnames_file is not None:
-        classnames = [line.strip() for line in Path(classnames_file).read_text().splitlines() if line.strip()]
+        if split_file is not None:
+            raise ComploraError(
+                f"custom dataset {name}: give class names or a split file, not both (the split file names its classes)"
+            )
+        try:
+            classnames = [line.strip() for line in Path(classnames_file).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise ComploraError(f"custom dataset {name}: class names file {classnames_file}: {error}") from None
     splits = read_split(split_file) if split_file else custom_split(images, seed, classnames)
     classes = len({label for items in splits.values() for _, label, _ in items})
     spec = DatasetSpec(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,7 @@ class DatasetSpec:
     archives: tuple[RemoteFile, ...] = ()
     split_file: RemoteFile | None = None
     template: str = "a photo of a {}."
-    notes: str = ""
-    fixed: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""  # what a user should know when the download fails
 
     @property
     def downloadable(self) -> bool:
@@ -282,7 +281,7 @@ def load_registry(override: str | os.PathLike[str] | None = None) -> dict[str, D
             extra = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ComploraError(f"dataset registry override {path} cannot be read ({error})") from error
-        if not isinstance(extra, dict):
+        if not isinstance(extra, dict) or not all(isinstance(value, dict) for value in extra.values()):
             raise ComploraError(f"dataset registry override {path}: expected a mapping of dataset names to fields")
         entries = {name: _merge(entries.get(name, {}), value) for name, value in {**entries, **extra}.items()}
     try:
