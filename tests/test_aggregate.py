@@ -31,6 +31,8 @@ def write_run(
 def runs(tmp_path: Path) -> list[Path]:
     root = tmp_path / "runs"
     paths = [write_run(root, "A", "zeroshot", 0, None, 50.0, {}), write_run(root, "B", "zeroshot", 0, None, 30.0, {})]
+    run = json.loads(paths[0].read_text())  # A's zero-shot run also measured CoOp's prompt for A
+    paths[0].write_text(json.dumps({**run, "coop_prompts": {"templates": ["a {} thing."], "accuracy": 52.0}}))
     for dataset, base in (("A", 60.0), ("B", 40.0)):
         for method, shift, forget in (("lora", 0.0, -4.0), ("complora", -1.0, -1.0)):
             for shots in (1, 4):
@@ -52,7 +54,9 @@ def test_tables_plots_and_summary(runs: list[Path], tmp_path: Path):
     figures = aggregate(runs, out)
     accuracy = read_csv(out / "tables" / "accuracy.csv")
     assert list(accuracy[0]) == ["dataset", "method", "shots", "mean", "std", "n_seeds"]
-    assert len(accuracy) == 2 + 2 * 2 * 2
+    assert len(accuracy) == 3 + 2 * 2 * 2
+    coop = next(r for r in accuracy if r["method"] == "zeroshot-coop-prompts")
+    assert (coop["dataset"], coop["shots"], coop["mean"]) == ("A", "0", "52.0")
     row = next(r for r in accuracy if (r["dataset"], r["method"], r["shots"]) == ("A", "lora", "4"))
     assert (float(row["mean"]), float(row["std"]), int(row["n_seeds"])) == (66.0, 1.0, 3)
     zero = next(r for r in accuracy if r["method"] == "zeroshot" and r["dataset"] == "B")
@@ -69,6 +73,7 @@ def test_tables_plots_and_summary(runs: list[Path], tmp_path: Path):
     table = (out / "tables" / "accuracy.md").read_text().splitlines()
     assert table[0] == "| shots | method | A | B | Average |"
     assert table[2] == "| 0 | Zero-shot CLIP | 50.00 | 30.00 | 40.00 |"
+    assert table[3] == "| 0 | Zero-shot CLIP (CoOp prompts) | 52.00 | - | - |"
     assert "| 4 | LoRA | 66.00 | 46.00 | 56.00 |" in table and "| 4 | Comp-LoRA | 65.00 | 45.00 | 55.00 |" in table
     retention_md = (out / "tables" / "retention.md").read_text()
     assert "| 1 | LoRA | -5.00 | -3.00 | -4.00 |" in retention_md
@@ -119,7 +124,7 @@ def test_published_numbers_beside_ours(runs: list[Path], tmp_path: Path):
     table = (tmp_path / "out" / "tables" / "accuracy.md").read_text().splitlines()
     assert "| 0 | Zero-shot CLIP (published) | 51.50 | 31.50 | 41.50 |" in table
     assert "| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |" in table
-    assert not any("CoOp" in line for line in table), "only CLIP and CLIP-LoRA rows are shown"
+    assert not any("CoOp (4)" in line for line in table), "only CLIP and CLIP-LoRA rows are shown"
     assert table.index("| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |") > table.index(
         "| 1 | Comp-LoRA | 62.00 | 42.00 | 52.00 |"
     )

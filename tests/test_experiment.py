@@ -9,12 +9,13 @@ from pathlib import Path
 
 import open_clip
 import pytest
+import torch
 
 from complora.adapters import AdapterConfig, load_adapter
 from complora.cli import main
 from complora.demo.datasets import DemoSizes, write_demo_world
 from complora.errors import ComploraError
-from complora.evaluation import zero_shot_accuracy
+from complora.evaluation import text_classifier, zero_shot_accuracy
 from complora.experiment import Backbone, DatasetRef, TrainSpec, evaluate_zero_shot, train_and_evaluate
 from complora.finetune import FinetuneSettings
 from complora.models import load_clip
@@ -155,3 +156,22 @@ def test_train_cli(study: dict, tmp_path: Path, capsys):
     assert main([*args[:-2], "--out-dir", str(tmp_path / "gpu"), "--device", "cuda:7"]) == 2
     assert "--device cuda:7" in capsys.readouterr().err
     assert load_projector(study["projector"]).k_max == 4
+
+
+def test_zero_shot_records_coop_prompts_beside_the_single_prompt(study: dict, tmp_path: Path):
+    world, name = study["world"], "demo_shapes"
+    dataset = DatasetRef(name, world / name, world / name / "split.json")
+    prompts = ["itap of a {}.", "a bad photo of the {}."]
+    metrics = evaluate_zero_shot(dataset, study["backbone"], tmp_path / "m.json", device="cpu", coop_templates=prompts)
+    single = json.loads(study["zero_shot"][name].read_text())
+    assert metrics["accuracy"] == single["accuracy"], "the reference accuracy keeps the training prompt"
+    assert metrics["coop_prompts"]["templates"] == prompts and 0 <= metrics["coop_prompts"]["accuracy"] <= 100
+    assert metrics["config_hash"] != single["config_hash"]
+
+    model = load_clip("demo-vit-tiny", study["backbone"].pretrained).eval()
+    tokenizer = open_clip.get_tokenizer("demo-vit-tiny")
+    names = ["circle", "square"]
+    each = [text_classifier(model, tokenizer, names, prompt) for prompt in prompts]
+    ensemble = text_classifier(model, tokenizer, names, prompts)
+    expected = torch.nn.functional.normalize(each[0] + each[1], dim=-1)
+    assert torch.allclose(ensemble, expected, atol=1e-6) and not torch.allclose(ensemble, each[0])

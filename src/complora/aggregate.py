@@ -20,8 +20,16 @@ from .atomic import atomic_path
 from .errors import ComploraError
 
 ZERO_SHOT = "zeroshot"
-METHOD_ORDER = (ZERO_SHOT, "lora", "complora")
-METHOD_LABELS = {ZERO_SHOT: "Zero-shot CLIP", "lora": "LoRA", "complora": "Comp-LoRA"}
+# Zero-shot with CoOp's per-dataset prompts: what the published zero-shot CLIP row used.
+ZERO_SHOT_COOP = "zeroshot-coop-prompts"
+ZERO_SHOT_METHODS = (ZERO_SHOT, ZERO_SHOT_COOP)
+METHOD_ORDER = (ZERO_SHOT, ZERO_SHOT_COOP, "lora", "complora")
+METHOD_LABELS = {
+    ZERO_SHOT: "Zero-shot CLIP",
+    ZERO_SHOT_COOP: "Zero-shot CLIP (CoOp prompts)",
+    "lora": "LoRA",
+    "complora": "Comp-LoRA",
+}
 REQUIRED_FIELDS = ("dataset", "method", "shots", "seed", "accuracy", "retention", "backbone", "config_hash")
 # Published rows shown beside ours when a reference table is given (CLIP-LoRA's Table 3 method names).
 PUBLISHED = {"CLIP": "Zero-shot CLIP (published)", "CLIP-LoRA": "CLIP-LoRA (published)"}
@@ -75,6 +83,8 @@ def accuracy_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cells: dict[tuple, list[float]] = defaultdict(list)
     for run in runs:
         cells[(run["dataset"], run["method"], run["shots"])].append(run["accuracy"])
+        if run["method"] == ZERO_SHOT and run.get("coop_prompts"):
+            cells[(run["dataset"], ZERO_SHOT_COOP, 0)].append(run["coop_prompts"]["accuracy"])
     keys = sorted(cells, key=lambda key: (key[0], _method_rank(key[1]), key[2]))
     return [{"dataset": d, "method": m, "shots": s, **_summary(cells[(d, m, s)])} for d, m, s in keys]
 
@@ -197,12 +207,13 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str) -> bytes:
             if (row["dataset"], row["method"]) == (dataset, method)
         )
         label = METHOD_LABELS.get(method, method)
-        if method == ZERO_SHOT:
-            axes.axhline(points[0][1], color="gray", linestyle="--", label=label)
+        if method in ZERO_SHOT_METHODS:
+            style = "--" if method == ZERO_SHOT else ":"
+            axes.axhline(points[0][1], color="gray", linestyle=style, label=label)
         else:
             shots, means, stds = zip(*points, strict=True)
             axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
-    _shots_axis(axes, sorted({row["shots"] for row in rows if row["method"] != ZERO_SHOT}))
+    _shots_axis(axes, sorted({row["shots"] for row in rows if row["method"] not in ZERO_SHOT_METHODS}))
     return _finish(figure, axes, "top-1 accuracy (%)", dataset)
 
 

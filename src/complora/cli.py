@@ -169,6 +169,12 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
     _add_dataset_and_backbone_arguments(parser)
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with one {} for the class")
+    parser.add_argument(
+        "--coop-template",
+        action="append",
+        default=[],
+        help="CoOp's prompt for the dataset (repeatable: an ensemble); its accuracy is recorded as well",
+    )
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
 
 
@@ -178,7 +184,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     dataset = DatasetRef(args.dataset, args.data, args.split_file)
     evaluate_zero_shot(
-        dataset, Backbone(args.model, args.pretrained), args.out, template=args.template, device=args.device
+        dataset,
+        Backbone(args.model, args.pretrained),
+        args.out,
+        template=args.template,
+        device=args.device,
+        coop_templates=args.coop_template,
     )
 
 

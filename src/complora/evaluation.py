@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,17 @@ def image_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256
 
 @torch.no_grad()
 def text_classifier(
-    model: nn.Module, tokenizer: Callable, classnames: list[str], template: str = DEFAULT_TEMPLATE
+    model: nn.Module, tokenizer: Callable, classnames: list[str], template: str | Sequence[str] = DEFAULT_TEMPLATE
 ) -> torch.Tensor:
-    """(C, D) L2-normalised text features of ``template`` filled with each class name."""
+    """(C, D) L2-normalised text features of ``template`` filled with each class name; with several templates,
+    the normalised mean of their features (CLIP's prompt ensemble)."""
     device = next(model.parameters()).device
-    tokens = tokenizer([template.format(name) for name in classnames]).to(device)
-    return F.normalize(model.encode_text(tokens), dim=-1).float().cpu()
+    templates = [template] if isinstance(template, str) else list(template)
+    features = []
+    for text in templates:
+        tokens = tokenizer([text.format(name) for name in classnames]).to(device)
+        features.append(F.normalize(model.encode_text(tokens), dim=-1).float().cpu())
+    return features[0] if len(features) == 1 else F.normalize(torch.stack(features).mean(dim=0), dim=-1)
 
 
 def top1(features: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,7 +58,7 @@ def zero_shot_accuracy(
     images: torch.Tensor,
     labels: torch.Tensor,
     classnames: list[str],
-    template: str = DEFAULT_TEMPLATE,
+    template: str | Sequence[str] = DEFAULT_TEMPLATE,
 ) -> float:
     was_training = model.training
     model.eval()

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def _load_test(dataset: DatasetRef, image_size: int) -> dict[str, Any]:
     }
 
 
-def _top1(model: torch.nn.Module, tokenizer: Any, test: dict[str, Any], template: str) -> float:
+def _top1(model: torch.nn.Module, tokenizer: Any, test: dict[str, Any], template: str | list[str]) -> float:
     return zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"], template)
 
 
@@ -119,9 +120,19 @@ def _common_record(backbone: Backbone, base_sha256: str, device: torch.device) -
 
 
 def evaluate_zero_shot(
-    dataset: DatasetRef, backbone: Backbone, out: Path, *, template: str = DEFAULT_TEMPLATE, device: str = "auto"
+    dataset: DatasetRef,
+    backbone: Backbone,
+    out: Path,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    device: str = "auto",
+    coop_templates: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json)."""
+    """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json).
+
+    ``accuracy`` uses ``template``, as training and retention do. With ``coop_templates`` (CoOp's prompt or
+    prompt ensemble for the dataset) their accuracy is recorded as well: the published zero-shot CLIP
+    numbers used those prompts."""
     start = time.perf_counter()
     chosen = select_device(device)
     model, tokenizer, image_size = _load_backbone(backbone, chosen)
@@ -130,8 +141,18 @@ def evaluate_zero_shot(
     base_sha256 = weights_sha256(model)
     eval_start = time.perf_counter()
     accuracy = round(_top1(model, tokenizer, test, template), 2)
+    coop_prompts = None
+    if coop_templates and list(coop_templates) != [template]:
+        coop_accuracy = round(_top1(model, tokenizer, test, list(coop_templates)), 2)
+        coop_prompts = {"templates": list(coop_templates), "accuracy": coop_accuracy}
     eval_seconds = time.perf_counter() - eval_start
-    settings = {"dataset": dataset.name, "method": ZERO_SHOT, "template": template, "weights_sha256": base_sha256}
+    settings = {
+        "dataset": dataset.name,
+        "method": ZERO_SHOT,
+        "template": template,
+        "coop_templates": list(coop_templates),
+        "weights_sha256": base_sha256,
+    }
     metrics = {
         **_common_record(backbone, base_sha256, chosen),
         "dataset": dataset.name,
@@ -143,6 +164,7 @@ def evaluate_zero_shot(
         "test_size": len(test["labels"]),
         "classes": len(test["classnames"]),
         "template": template,
+        "coop_prompts": coop_prompts,
         "retention": {},
         "mean_retention": None,
         "trainable_parameters": 0,

@@ -1,5 +1,6 @@
 # The experiment grid and paths, computed once from the checked config.
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -67,6 +68,13 @@ def dataset_root(dataset):
 
 def dataset_split_file(dataset):
     return f"{WORLD}/{dataset}/split.json" if is_demo(dataset) else f"resources/data/{dataset}/split.json"
+
+
+def coop_template_flags(dataset):
+    """CoOp's zero-shot prompt(s) for a benchmark, recorded beside the single-prompt accuracy."""
+    if dataset not in REGISTRY:
+        return ""
+    return " ".join(f"--coop-template {shlex.quote(template)}" for template in REGISTRY[dataset].templates)
 
 
 def name_pattern(names):

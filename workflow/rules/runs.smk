@@ -14,6 +14,7 @@ rule zero_shot:
         root=lambda wildcards: dataset_root(wildcards.dataset),
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
         template=config["prompt_template"],
+        coop=lambda wildcards: coop_template_flags(wildcards.dataset),
     threads: 1
     conda:
         "../envs/complora.yaml"
@@ -22,7 +23,7 @@ rule zero_shot:
     shell:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " {params.coop} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule train:

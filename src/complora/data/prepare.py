@@ -79,7 +79,7 @@ def _finish(spec: DatasetSpec, staging: Path, splits: dict[str, list[Entry]], ou
         "classes": spec.classes,
         "counts": {split: len(splits[split]) for split in SPLITS},
         "split_sha256": file_sha256(staging / "split.json"),
-        "template": spec.template,
+        "templates": list(spec.templates),
         "source": source,
         "complora": __version__,
     }

@@ -42,7 +42,9 @@ class DatasetSpec:
     folders: tuple[str, ...]  # the folder names users have the dataset under (CoOp's, then CLIP-LoRA's)
     archives: tuple[RemoteFile, ...] = ()
     split_file: RemoteFile | None = None
-    template: str = "a photo of a {}."
+    # CoOp's zero-shot prompt(s), which the published zero-shot CLIP row used (CLIP-LoRA trains and evaluates
+    # with "a photo of a {}." everywhere); several are averaged as a prompt ensemble.
+    templates: tuple[str, ...] = ("a photo of a {}.",)
     notes: str = ""  # what a user should know when the download fails
 
     @property
@@ -62,6 +64,15 @@ _ENTRIES: dict[str, dict[str, Any]] = {
         "image_dir": "images",
         "local_image_dir": "images",
         "folders": ["imagenet"],
+        "templates": [
+            "itap of a {}.",
+            "a bad photo of the {}.",
+            "a origami {}.",
+            "a photo of the large {}.",
+            "a {} in a video game.",
+            "art of the {}.",
+            "a photo of the small {}.",
+        ],
         "notes": "login-only download: create the folder by hand (see complora.data.prepare.IMAGENET_LAYOUT)",
     },
     "Caltech101": {
@@ -98,7 +109,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_OxfordPets.json", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
-        "template": "a photo of a {}, a type of pet.",
+        "templates": ["a photo of a {}, a type of pet."],
     },
     "StanfordCars": {
         "classes": 196,
@@ -143,7 +154,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_OxfordFlowers.json", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
-        "template": "a photo of a {}, a type of flower.",
+        "templates": ["a photo of a {}, a type of flower."],
     },
     "Food101": {
         "classes": 101,
@@ -160,7 +171,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_Food101.json", "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
-        "template": "a photo of {}, a type of food.",
+        "templates": ["a photo of {}, a type of food."],
     },
     "FGVCAircraft": {
         "classes": 100,
@@ -175,7 +186,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
                 "urls": ["https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz"],
             }
         ],
-        "template": "a photo of a {}, a type of aircraft.",
+        "templates": ["a photo of a {}, a type of aircraft."],
     },
     "SUN397": {
         "classes": 397,
@@ -208,7 +219,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_DescribableTextures.json", "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
-        "template": "{} texture.",
+        "templates": ["{} texture."],
     },
     "EuroSAT": {
         "classes": 10,
@@ -228,7 +239,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_EuroSAT.json", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
-        "template": "a centered satellite photo of {}.",
+        "templates": ["a centered satellite photo of {}."],
     },
     "UCF101": {
         "classes": 101,
@@ -244,7 +255,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
             }
         ],
         "split_file": _coop_split("split_zhou_UCF101.json", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
-        "template": "a photo of a person doing {}.",
+        "templates": ["a photo of a person doing {}."],
     },
 }
 PAPER_DATASETS = tuple(_ENTRIES)
@@ -269,6 +280,8 @@ def _spec(name: str, data: dict[str, Any]) -> DatasetSpec:
     archives = tuple(_remote(archive) for archive in fields.pop("archives", []))
     split_file = _remote(fields.pop("split_file", None))
     fields["folders"] = tuple(fields["folders"])
+    if "templates" in fields:
+        fields["templates"] = tuple(fields["templates"])
     return DatasetSpec(name=name, archives=archives, split_file=split_file, **fields)
 
 
