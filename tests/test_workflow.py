@@ -39,6 +39,7 @@ def make_project(directory: Path, config: dict) -> Path:
     for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, directory / name)
     shutil.copytree(ROOT / "workflow", directory / "workflow")
+    shutil.copytree(ROOT / "profiles", directory / "profiles")
     shutil.copytree(
         ROOT / "src" / "complora", directory / "src" / "complora", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -236,3 +237,15 @@ def test_downloaded_and_custom_datasets_through_the_workflow(tmp_path: Path):
         metrics = json.loads((project / f"results/runs/{dataset}/complora/shots1/seed1/metrics.json").read_text())
         assert set(metrics["retention"]) == {"EuroSAT", "mine"} - {dataset}
     assert "| shots | method | EuroSAT | mine | Average |" in (project / "results/tables/accuracy.md").read_text()
+
+
+def test_missing_imagenet_stops_the_run_with_the_layout_to_create(tmp_path: Path):
+    config = {**REDUCED, "datasets": ["ImageNet"], "retention_datasets": [], "methods": ["zeroshot"]}
+    project = make_project(tmp_path / "project", config)
+    result = run(project, "snakemake", "--cores", "2", "resources/data/ImageNet")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "<data.root>/imagenet/images/train/<wnid>/*.JPEG" in output, (
+        "the layout is on the console, not only in the log"
+    )
+    assert "set data.root" in output and not (project / "resources/data/ImageNet").exists()
