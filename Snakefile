@@ -26,6 +26,14 @@ include: "workflow/rules/runs.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+# Seconds of work each: on a cluster they run beside Snakemake instead of waiting in the queue.
+localrules:
+    all,
+    prepare,
+    few_shot_split,
+    aggregate,
+
+
 rule all:
     input:
         AGGREGATE_OUTPUTS,

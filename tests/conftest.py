@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from complora.models import load_clip
+from workflow_project import REDUCED, make_project, run
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -41,3 +42,13 @@ def tiny_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.randn(3, 3, 32, 32, generator=generator)
     texts = open_clip.tokenize(["a photo of a red square.", "a blue circle", "striped"], context_length=16)
     return images, texts
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reduced demo workflow run locally once (`snakemake --cores 2`); shared by the workflow and SLURM
+    tests, which compare their tables with it."""
+    project = make_project(tmp_path_factory.mktemp("workflow") / "project", REDUCED)
+    result = run(project, "snakemake", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return project

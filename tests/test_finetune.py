@@ -1,13 +1,21 @@
-"""Few-shot fine-tuning: augmentation, determinism, and the frozen-text-tower shortcut."""
+"""Few-shot fine-tuning: augmentation, determinism, the frozen-text-tower shortcut, checkpoints and stopping."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+from pathlib import Path
+
 import open_clip
+import pytest
 import torch
 
 from complora.adapters import AdapterConfig, adapter_layers, inject
+from complora.checkpoint import Checkpointing
 from complora.finetune import FinetuneSettings, augment, finetune
 from complora.splitfile import sample_few_shot
+from complora.stopping import JobStopped, StopSignals
 
 
 def _few_shot_problem() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -63,6 +71,70 @@ def test_frozen_text_tower_is_encoded_once(make_tiny):
         model.transformer.register_forward_hook(lambda *_: calls.__setitem__("text", calls["text"] + 1))
         finetune(model, tokenizer, images, labels, names, FinetuneSettings(iterations=5, batch_size=4))
         assert calls["text"] == expected
+
+
+def _adapter_weights(model) -> list[torch.Tensor]:
+    layers = [layer for _, layer in adapter_layers(model)]
+    return [p.detach().clone() for layer in layers for p in [*layer.lora_A.values(), *layer.lora_B.values()]]
+
+
+def _sigterm_on_call(module: torch.nn.Module, call: int) -> None:
+    """Send this process SIGTERM from inside the ``call``-th forward pass of ``module``: mid-step."""
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    module.register_forward_hook(hook)
+
+
+def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(make_tiny, tmp_path: Path):
+    images, labels, names = _few_shot_problem()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    settings = FinetuneSettings(iterations=12, batch_size=4, learning_rate=5e-3)
+    whole = _adapted(make_tiny)
+    expected = finetune(whole, tokenizer, images, labels, names, settings, seed=5)
+
+    checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="run-a")
+    stopped = _adapted(make_tiny)
+    _sigterm_on_call(stopped.visual, 7)
+    with StopSignals() as stop, pytest.raises(JobStopped, match=r"signal 15 \(SIGTERM\) at training step 7 of 12"):
+        finetune(stopped, tokenizer, images, labels, names, settings, seed=5, checkpointing=checkpointing, stop=stop)
+    assert torch.load(checkpointing.path, weights_only=True)["loop"]["step"] == 7, "saved after the step it hit"
+
+    resumed = _adapted(make_tiny)
+    figures = finetune(resumed, tokenizer, images, labels, names, settings, seed=5, checkpointing=checkpointing)
+    assert figures["resumed_at_step"] == 7 and figures["final_loss"] == expected["final_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(_adapter_weights(resumed), _adapter_weights(whole), strict=True))
+
+
+def test_a_signal_outside_a_step_stops_at_once():
+    with StopSignals(), pytest.raises(JobStopped) as stopped:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the previous handler is back"
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_a_damaged_or_foreign_checkpoint_is_not_resumed(content, make_tiny, tmp_path: Path, caplog):
+    images, labels, names = _few_shot_problem()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    settings = FinetuneSettings(iterations=6, batch_size=4, learning_rate=5e-3)
+    path = tmp_path / "checkpoint.pt"
+    if content is None:  # a checkpoint of another run (another identity) in the same folder
+        finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=1,
+                 checkpointing=Checkpointing(path, every=2, identity="other-run"))  # fmt: skip
+    else:
+        path.write_bytes(content)
+    expected = finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=5)
+    with caplog.at_level(logging.WARNING, logger="complora.checkpoint"):
+        figures = finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=5,
+                           checkpointing=Checkpointing(path, every=2, identity="this-run"))  # fmt: skip
+    assert figures["resumed_at_step"] is None and figures["final_loss"] == expected["final_loss"]
+    assert "training starts from step 0" in caplog.text
+    assert torch.load(path, weights_only=True)["identity"] == "this-run", "this run's checkpoint replaced it"
 
 
 def test_few_shot_sampling_follows_coop():

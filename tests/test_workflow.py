@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,36 +16,15 @@ import yaml
 
 from complora.splitfile import few_shot_split
 from dataset_fixtures import build_fixture, jpeg, serve
+from workflow_project import REDUCED, ROOT, make_project, run
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-REDUCED = yaml.safe_load((ROOT / "tests" / "workflow" / "reduced_config.yaml").read_text())
 DATASETS, RETENTION = REDUCED["datasets"], REDUCED["retention_datasets"]
 SHOTS, SEEDS, TRAINED = REDUCED["shots"], REDUCED["seeds"], ("lora", "complora")
 CONTRACT = ("dataset", "method", "shots", "seed", "backbone", "accuracy", "zero_shot_accuracy", "retention",
             "trainable_parameters", "iterations", "train_seconds", "eval_seconds", "peak_memory_mib", "device",
             "config_hash", "split_hash", "versions")  # fmt: skip
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-
-
-def make_project(directory: Path, config: dict) -> Path:
-    """A copy of the workflow (and the sources DVC hashes) with its own config.yaml."""
-    directory.mkdir(parents=True)
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, directory / name)
-    shutil.copytree(ROOT / "workflow", directory / "workflow")
-    shutil.copytree(ROOT / "profiles", directory / "profiles")
-    shutil.copytree(
-        ROOT / "src" / "complora", directory / "src" / "complora", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (directory / "config.yaml").write_text(yaml.safe_dump(config))
-    return directory
-
-
-def run(project: Path, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=project, env=ENV, capture_output=True, text=True, timeout=900)
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -58,14 +34,6 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("workflow") / "project", REDUCED)
-    result = run(project, "snakemake", "--cores", "2")
-    assert result.returncode == 0, result.stderr[-5000:]
-    return project
 
 
 def run_dirs() -> list[tuple[str, str, int, int]]:

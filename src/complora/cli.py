@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ComploraError
+from .stopping import JobStopped
 
 # Verbs import their heavy modules (torch, open_clip) inside their functions: a job that only draws a
 # k-shot split then starts in a fraction of a second, which matters with hundreds of jobs.
@@ -212,6 +213,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--projector", type=Path, help="cached principal bases (complora; default: SVD now)")
     parser.add_argument("--out-dir", type=Path, required=True, help="run folder: adapter/ and metrics.json")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="steps between checkpoints (out-dir/checkpoint.pt, also written at the end of training and on "
+        "SIGTERM / SIGINT); a rerun resumes from it. 0: no checkpoints (default 100)",
+    )
     group = parser.add_argument_group("adapter")
     group.add_argument("--rank", type=int, default=adapter.rank)
     group.add_argument("--alpha", type=float, default=adapter.alpha)
@@ -236,6 +244,7 @@ def _run_train(args: argparse.Namespace) -> None:
     from .adapters.config import AdapterConfig
     from .experiment import Backbone, DatasetRef, TrainSpec, train_and_evaluate
     from .finetune import FinetuneSettings
+    from .stopping import StopSignals
 
     _check_seed(args.seed)
     _set_threads(args.threads)
@@ -269,7 +278,8 @@ def _run_train(args: argparse.Namespace) -> None:
         zero_shot_runs=args.zero_shot,
         projector=args.projector,
     )
-    train_and_evaluate(spec, args.out_dir, device=args.device)
+    with StopSignals() as stop:
+        train_and_evaluate(spec, args.out_dir, device=args.device, checkpoint_every=args.checkpoint_every, stop=stop)
 
 
 def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -418,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComploraError as error:
         print(f"complora {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except JobStopped as stopped:
+        print(f"complora {args.verb}: {stopped}; no metrics written: rerun the same command to resume", file=sys.stderr)
+        return stopped.exit_code
     return 0
 
 

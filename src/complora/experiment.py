@@ -24,6 +24,7 @@ import torch
 
 from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
 from .atomic import write_json
+from .checkpoint import CHECKPOINT_FILE, Checkpointing
 from .devices import select_device
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, zero_shot_accuracy
@@ -33,6 +34,7 @@ from .models import load_clip
 from .runinfo import package_versions, peak_gpu_memory_mib, peak_rss_mib
 from .splitdata import labels, load_images
 from .splitfile import classnames, file_sha256, read_few_shot_split, read_split
+from .stopping import StopSignals
 from .subspace import load_projector
 
 METRICS_FILE = "metrics.json"
@@ -208,9 +210,19 @@ def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str
     return {**run, "dataset_ref": DatasetRef(run["dataset"], root, split_file)}
 
 
-def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
+def train_and_evaluate(
+    spec: TrainSpec,
+    out_dir: Path,
+    *,
+    device: str = "auto",
+    checkpoint_every: int = 0,
+    stop: StopSignals | None = None,
+) -> dict[str, Any]:
     """Few-shot training of ``spec.adapter`` on the k-shot split, then top-1 on the test split and zero-shot
-    retention on every other dataset that has a zero-shot run. Writes ``adapter/`` and, last, metrics.json."""
+    retention on every other dataset that has a zero-shot run. Writes ``adapter/`` and, last, metrics.json.
+
+    With ``checkpoint_every`` > 0, training keeps ``checkpoint.pt`` in ``out_dir`` (every that many steps and
+    at the end) and a rerun of the same run resumes from it; it is removed once metrics.json is written."""
     start = time.perf_counter()
     chosen = select_device(device)
     split = read_few_shot_split(spec.few_shot_file)
@@ -223,6 +235,8 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
             f"{split['source_split']['sha256'][:12]}, not from {dataset.split_file} of {dataset.name}; redraw it "
             "with `complora split`"
         )
+    if checkpoint_every < 0:
+        raise ComploraError(f"--checkpoint-every {checkpoint_every}: must be 0 (no checkpoints) or more")
     model, tokenizer, image_size = _load_backbone(spec.backbone, chosen)
     base_sha256 = weights_sha256(model)
     template = spec.settings.template
@@ -232,27 +246,6 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
         references[run["dataset"]] = run
     if dataset.name not in references:
         raise ComploraError(f"no zero-shot run of {dataset.name} was given (--zero-shot); it is the gain's reference")
-
-    projector = load_projector(spec.projector) if spec.projector else None
-    torch.manual_seed(spec.seed)  # the A initialisation
-    inject(model, spec.adapter, projector)
-    images = load_images(dataset.root, split["train"], image_size)
-    figures = finetune(
-        model, tokenizer, images, labels(split["train"]), split["classnames"], spec.settings, seed=spec.seed
-    )
-
-    eval_start = time.perf_counter()
-    test = _load_test(dataset, image_size)
-    accuracy = round(_top1(model, tokenizer, test, template), 2)
-    retention_accuracy, retention = {}, {}
-    for name, run in sorted(references.items()):
-        if name == dataset.name:
-            continue
-        other = _load_test(run["dataset_ref"], image_size)
-        value = _top1(model, tokenizer, other, template)
-        retention_accuracy[name] = round(value, 2)
-        retention[name] = round(value - run["accuracy"], 2)
-    eval_seconds = time.perf_counter() - eval_start
 
     adapter = spec.adapter.to_dict()
     if spec.adapter.method == "lora":  # k and side do not act on LoRA; keep them out of its identity
@@ -266,10 +259,45 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
         "backbone": {**asdict(spec.backbone), "weights_sha256": base_sha256},
         "adapter": adapter,
         "training": asdict(spec.settings),
-        "retention_datasets": sorted(retention),
+        "retention_datasets": sorted(name for name in references if name != dataset.name),
     }
+    split_hash = file_sha256(spec.few_shot_file)
+    projector_sha256 = file_sha256(spec.projector) if spec.projector else None
+    run_identity = config_hash({"config": settings, "split_hash": split_hash, "projector_sha256": projector_sha256})
+    checkpointing = None
+    if checkpoint_every:
+        checkpointing = Checkpointing(out_dir / CHECKPOINT_FILE, checkpoint_every, run_identity)
+
+    projector = load_projector(spec.projector) if spec.projector else None
+    torch.manual_seed(spec.seed)  # the A initialisation
+    inject(model, spec.adapter, projector)
+    images = load_images(dataset.root, split["train"], image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    figures = finetune(
+        model,
+        tokenizer,
+        images,
+        labels(split["train"]),
+        split["classnames"],
+        spec.settings,
+        seed=spec.seed,
+        checkpointing=checkpointing,
+        stop=stop,
+    )
+
+    eval_start = time.perf_counter()
+    test = _load_test(dataset, image_size)
+    accuracy = round(_top1(model, tokenizer, test, template), 2)
+    retention_accuracy, retention = {}, {}
+    for name in settings["retention_datasets"]:
+        run = references[name]
+        other = _load_test(run["dataset_ref"], image_size)
+        value = _top1(model, tokenizer, other, template)
+        retention_accuracy[name] = round(value, 2)
+        retention[name] = round(value - run["accuracy"], 2)
+    eval_seconds = time.perf_counter() - eval_start
+
     save_adapter(model, out_dir / ADAPTER_DIR)
     zero_shot = references[dataset.name]["accuracy"]
     metrics = {
@@ -290,6 +318,7 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
         "trainable_parameters": trainable_parameters(model),
         "iterations": spec.settings.iterations,
         "final_loss": round(figures["final_loss"], 4),
+        "resumed_at_step": figures["resumed_at_step"],
         "train_seconds": round(figures["train_seconds"], 2),
         "eval_seconds": round(eval_seconds, 2),
         "wall_seconds": round(time.perf_counter() - start, 2),
@@ -297,11 +326,13 @@ def train_and_evaluate(spec: TrainSpec, out_dir: Path, *, device: str = "auto") 
         "peak_gpu_memory_mib": peak_gpu_memory_mib(),
         "config": settings,
         "config_hash": config_hash(settings),
-        "split_hash": file_sha256(spec.few_shot_file),
+        "split_hash": split_hash,
         "data": {"root": str(dataset.root), "split_file": str(dataset.split_file), "few_shot": str(spec.few_shot_file)},
-        "projector_sha256": file_sha256(spec.projector) if spec.projector else None,
+        "projector_sha256": projector_sha256,
     }
     write_json(out_dir / METRICS_FILE, metrics)
+    if checkpointing:
+        checkpointing.remove()
     log.info(
         "%s %s %d-shot seed %d: %.2f%% (zero-shot %.2f%%), mean retention %s, %.1f s",
         dataset.name,

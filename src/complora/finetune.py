@@ -7,12 +7,14 @@ every step only when the text tower has trainable parameters.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +23,12 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
+from .checkpoint import Checkpointing
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, normalize_images
+from .stopping import StopSignals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,60 @@ def _text_tower_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("visual."))
 
 
+@dataclass
+class _LoopState:
+    """Everything besides the model and optimizer that decides the next step: with it a resumed run draws
+    the same batches, crops and dropout masks as an uninterrupted one."""
+
+    step: int = 0
+    order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    position: int = 0
+    loss: float = 0.0
+    train_seconds: float = 0.0
+
+
+def _snapshot(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    loop: _LoopState,
+    device: torch.device,
+) -> dict[str, Any]:
+    return {
+        "loop": dict(vars(loop)),
+        "parameters": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    device: torch.device,
+) -> _LoopState:
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(trainable) != set(state["parameters"]):
+        raise ComploraError("the checkpoint's trainable parameters are not this model's; delete it to start again")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(state["parameters"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return _LoopState(**state["loop"])
+
+
 def finetune(
     model: nn.Module,
     tokenizer: Callable,
@@ -85,8 +145,15 @@ def finetune(
     classnames: list[str],
     settings: FinetuneSettings,
     seed: int = 0,
-) -> dict[str, float]:
-    """Train the model's trainable parameters on the few-shot set; returns loss and timing figures."""
+    *,
+    checkpointing: Checkpointing | None = None,
+    stop: StopSignals | None = None,
+) -> dict[str, Any]:
+    """Train the model's trainable parameters on the few-shot set; returns loss and timing figures.
+
+    With ``checkpointing`` the run resumes from the checkpoint it finds (if it is this run's) and saves one
+    every ``checkpointing.every`` steps and at the end; with ``stop``, a SIGTERM / SIGINT during a step
+    saves a checkpoint after that step and raises :class:`JobStopped`."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
@@ -100,23 +167,49 @@ def finetune(
         with torch.no_grad(), autocast:
             fixed_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
 
+    saved = checkpointing.load() if checkpointing else None
+    loop = _restore(saved, model, optimizer, schedule, generator, device) if saved else _LoopState()
+    resumed_at = loop.step if saved else None
+    if saved:
+        log.info("resuming from %s at step %d of %d", checkpointing.path, loop.step, settings.iterations)
+
+    def save() -> None:
+        if checkpointing:
+            checkpointing.save(_snapshot(model, optimizer, schedule, generator, loop, device))
+
     model.train()
-    start, order, position, loss = time.perf_counter(), torch.empty(0, dtype=torch.long), 0, torch.tensor(0.0)
+    session_start = time.perf_counter()
     # Into a log file (a workflow job), a progress line every 10 s is enough; a terminal gets a live bar.
     refresh = 0.1 if sys.stderr.isatty() else 10.0
-    for _ in tqdm(range(settings.iterations), desc="fine-tuning", unit="it", leave=False, mininterval=refresh):
-        if position + settings.batch_size > len(order):
-            order, position = torch.randperm(len(images), generator=generator), 0
-        batch = order[position : position + settings.batch_size]
-        position += settings.batch_size
-        inputs = augment(images[batch], settings.crop_scale, generator).to(device)
-        with autocast:
-            image_features = F.normalize(model.encode_image(inputs).float(), dim=-1)
-            text = F.normalize(model.encode_text(tokens).float(), dim=-1) if text_trainable else fixed_text
-            loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    progress = tqdm(
+        total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False, mininterval=refresh
+    )
+    with progress:
+        while loop.step < settings.iterations:
+            with stop.protected() if stop else nullcontext():
+                if loop.position + settings.batch_size > len(loop.order):
+                    loop.order, loop.position = torch.randperm(len(images), generator=generator), 0
+                batch = loop.order[loop.position : loop.position + settings.batch_size]
+                loop.position += settings.batch_size
+                inputs = augment(images[batch], settings.crop_scale, generator).to(device)
+                with autocast:
+                    image_features = F.normalize(model.encode_image(inputs).float(), dim=-1)
+                    text = F.normalize(model.encode_text(tokens).float(), dim=-1) if text_trainable else fixed_text
+                    loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loop.step += 1
+                loop.loss = loss.item()
+                loop.train_seconds += time.perf_counter() - session_start
+                session_start = time.perf_counter()
+                progress.update()
+                due = checkpointing and checkpointing.every and loop.step % checkpointing.every == 0
+                if due or loop.step == settings.iterations or (stop and stop.requested):
+                    save()
+            if stop:
+                kept = f", checkpoint saved at step {loop.step}" if checkpointing else ""
+                stop.stop_if_requested(f" at training step {loop.step} of {settings.iterations}{kept}")
     model.eval()
-    return {"final_loss": loss.item(), "train_seconds": time.perf_counter() - start}
+    return {"final_loss": loop.loss, "train_seconds": loop.train_seconds, "resumed_at_step": resumed_at}

@@ -48,6 +48,9 @@ rule train:
     threads: 1
     resources:
         gpu=config["gpus_per_training_job"],
+        # A runtime setting (a profile's set-resources may change it) that leaves the results alone, so it
+        # is no parameter: changing it reruns nothing.
+        checkpoint_every=100,
     conda:
         "../envs/complora.yaml"
     log:
@@ -57,4 +60,5 @@ rule train:
         " --few-shot {input.split} --seed {wildcards.seed} --method {wildcards.method}"
         " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
         " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
-        " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --threads {threads} --checkpoint-every {resources.checkpoint_every} --out-dir {params.out_dir}"
+        " > {log} 2>&1"
