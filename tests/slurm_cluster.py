@@ -26,6 +26,9 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinf
 FAKE_GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
 PARTITION = "gpu"
 CLIENT_CONFIG = Path("/etc/slurm/slurm.conf")
+# The first line of every configuration the test cluster writes: one left behind by a killed test run is
+# recognised and replaced, a real cluster's never.
+MARKER = "# complora test cluster: this file is removed when the test cluster stops"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -37,7 +40,7 @@ def unavailable_reason() -> str | None:
     missing = [name for name in DAEMONS if shutil.which(name) is None]
     if missing:
         return f"SLURM is not installed here (no {', '.join(missing)}): apt-get install slurm-wlm munge"
-    if CLIENT_CONFIG.exists():
+    if CLIENT_CONFIG.exists() and not CLIENT_CONFIG.read_text().startswith(MARKER):
         return f"{CLIENT_CONFIG} exists: this machine belongs to a SLURM cluster, which the test cluster won't replace"
     if os.geteuid() != 0:
         return "the test cluster's daemons run as root"
@@ -74,6 +77,7 @@ def _write_config(root: Path, host: str, gpus: int) -> Path:
     conf.write_text(
         "\n".join(
             [
+                MARKER,
                 "ClusterName=complora-test",
                 f"SlurmctldHost={host}(127.0.0.1)",
                 f"SlurmctldPort={_free_port()}",
@@ -177,4 +181,4 @@ def slurm_cluster(root: Path, gpus: int = 2) -> Iterator[Cluster]:
                 time.sleep(0.5)
         for pid_file in reversed(pid_files):
             _stop(pid_file)
-        CLIENT_CONFIG.unlink()
+        CLIENT_CONFIG.unlink(missing_ok=True)

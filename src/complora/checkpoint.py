@@ -31,6 +31,10 @@ class Checkpointing:
     every: int
     identity: str
 
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"checkpoints every {self.every} steps: must be 1 or more")
+
     def save(self, state: dict[str, Any]) -> None:
         with atomic_path(self.path) as temporary:
             torch.save({"format_version": FORMAT_VERSION, "identity": self.identity, **state}, temporary)
@@ -38,6 +42,7 @@ class Checkpointing:
     def load(self) -> dict[str, Any] | None:
         """The saved state of this run, or None (no checkpoint, or one that cannot be resumed: then training
         starts from step 0 and overwrites it)."""
+        self._remove_partial_writes()
         if not self.path.is_file():
             return None
         try:
@@ -58,3 +63,9 @@ class Checkpointing:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self._remove_partial_writes()
+
+    def _remove_partial_writes(self) -> None:
+        # A save killed by SIGKILL leaves its temporary file (atomic_path's naming); one run owns the folder.
+        for partial in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            partial.unlink(missing_ok=True)

@@ -242,6 +242,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     from .adapters.config import AdapterConfig
+    from .checkpoint import CHECKPOINT_FILE
     from .experiment import Backbone, DatasetRef, TrainSpec, train_and_evaluate
     from .finetune import FinetuneSettings
     from .stopping import StopSignals
@@ -278,8 +279,16 @@ def _run_train(args: argparse.Namespace) -> None:
         zero_shot_runs=args.zero_shot,
         projector=args.projector,
     )
-    with StopSignals() as stop:
-        train_and_evaluate(spec, args.out_dir, device=args.device, checkpoint_every=args.checkpoint_every, stop=stop)
+    try:
+        with StopSignals() as stop:
+            train_and_evaluate(
+                spec, args.out_dir, device=args.device, checkpoint_every=args.checkpoint_every, stop=stop
+            )
+    except JobStopped as stopped:
+        checkpoint = args.out_dir / CHECKPOINT_FILE
+        then = f"resume from {checkpoint}" if checkpoint.is_file() else "start again"
+        detail = f"{stopped.detail}; no metrics written: rerun the same command to {then}"
+        raise JobStopped(stopped.signum, detail) from None
 
 
 def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -429,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"complora {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except JobStopped as stopped:
-        print(f"complora {args.verb}: {stopped}; no metrics written: rerun the same command to resume", file=sys.stderr)
+        print(f"complora {args.verb}: {stopped}", file=sys.stderr)
         return stopped.exit_code
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +27,12 @@ log = logging.getLogger(__name__)
 def claim_first_free(names: Sequence[str], directory: Path = GPU_LOCK_DIR) -> int | None:
     """The index of the first of ``names`` that no other process holds, now held by this one until it exits;
     None when every one is held."""
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o1777)  # shared by every user's jobs, like /tmp
     for index, name in enumerate(names):
-        handle = open(directory / f"{name}.lock", "a")  # noqa: SIM115 (kept open: the open file is the claim)
+        # Read-only is enough for flock, so another user's lock file (mode 0644) can be claimed too.
+        handle = open(os.open(directory / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644))  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

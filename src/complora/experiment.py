@@ -298,6 +298,8 @@ def train_and_evaluate(
         retention[name] = round(value - run["accuracy"], 2)
     eval_seconds = time.perf_counter() - eval_start
 
+    if stop:
+        stop.disarm()  # the results are complete: a signal from here on would only throw them away
     save_adapter(model, out_dir / ADAPTER_DIR)
     zero_shot = references[dataset.name]["accuracy"]
     metrics = {

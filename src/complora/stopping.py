@@ -1,8 +1,9 @@
 """Stopping a job on SIGTERM or SIGINT: what SLURM sends on preemption or time-out, and Ctrl-C.
 
-Outside a protected section the signal stops the job at once. Inside one (a training step and its
-checkpoint) it is recorded, and the section's owner stops at the next safe point, after saving its state,
-so a preempted job loses at most one step of work.
+Outside a protected section the signal stops the job at once. Inside one (the training loop) it is
+recorded, and the section's owner stops at the next safe point, after the step it is in and a checkpoint,
+so a preempted job loses no work. Once a job is past the point of no return (its results are being
+written), :meth:`StopSignals.disarm` lets it finish.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from types import FrameType, TracebackType
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class JobStopped(Exception):
-    """The job was asked to stop by a signal. ``exit_code`` follows the shell's 128 + signal number."""
+class JobStopped(BaseException):
+    """The job was asked to stop by a signal. ``exit_code`` follows the shell's 128 + signal number.
+
+    A BaseException, like KeyboardInterrupt: code that turns errors into messages (``except Exception``)
+    must not swallow a stop."""
 
     def __init__(self, signum: int, detail: str = "") -> None:
         self.signum = signum
@@ -35,6 +39,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._protected = False
+        self._armed = True
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -49,9 +54,15 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self._armed:
+            return
         self.signum = signum
         if not self._protected:
             raise JobStopped(signum)
+
+    def disarm(self) -> None:
+        """From now on signals are ignored: the job is writing its results and ends in a moment."""
+        self._armed = False
 
     @property
     def requested(self) -> bool:

@@ -49,6 +49,8 @@ PROJECTOR = f"resources/projectors/{BACKBONE_ID}.safetensors"
 CUSTOM = config["custom_datasets"]
 ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
+TRAINING_GPUS = config["gpus_per_training_job"]
+ZERO_SHOT_GPUS = min(1, TRAINING_GPUS)
 
 
 
@@ -75,6 +77,12 @@ def coop_template_flags(dataset):
     if dataset not in REGISTRY:
         return ""
     return " ".join(f"--coop-template {shlex.quote(template)}" for template in REGISTRY[dataset].templates)
+
+
+def device_flag(gpus):
+    """A job given no GPU keeps off the GPUs: a cluster may not fence them off, and on a workstation they
+    belong to the jobs Snakemake counts."""
+    return "--device auto" if gpus else "--device cpu"
 
 
 def name_pattern(names):

@@ -15,7 +15,10 @@ rule zero_shot:
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
         template=config["prompt_template"],
         coop=lambda wildcards: coop_template_flags(wildcards.dataset),
+        device=device_flag(ZERO_SHOT_GPUS),
     threads: 1
+    resources:
+        gpu=ZERO_SHOT_GPUS,
     conda:
         "../envs/complora.yaml"
     log:
@@ -23,7 +26,7 @@ rule zero_shot:
     shell:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
-        " {params.coop} --threads {threads} --out {output} > {log} 2>&1"
+        " {params.coop} {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -45,9 +48,10 @@ rule train:
         zero_shot=lambda wildcards, input: " ".join(f"--zero-shot {path}" for path in input.zero_shot),
         projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        device=device_flag(TRAINING_GPUS),
     threads: 1
     resources:
-        gpu=config["gpus_per_training_job"],
+        gpu=TRAINING_GPUS,
         # A runtime setting (a profile's set-resources may change it) that leaves the results alone, so it
         # is no parameter: changing it reruns nothing.
         checkpoint_every=100,
@@ -60,5 +64,5 @@ rule train:
         " --few-shot {input.split} --seed {wildcards.seed} --method {wildcards.method}"
         " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
         " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
-        " --threads {threads} --checkpoint-every {resources.checkpoint_every} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
