@@ -10,6 +10,7 @@ it when it stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -58,10 +59,13 @@ class Cluster:
         return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (the probes stay bound until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def _memory_mb() -> int:
@@ -73,6 +77,7 @@ def _memory_mb() -> int:
 
 def _write_config(root: Path, host: str, gpus: int) -> Path:
     munge_socket = root / "munge" / "munge.socket"
+    controller_port, node_port = _free_ports(2)
     conf = root / "slurm.conf"
     conf.write_text(
         "\n".join(
@@ -80,8 +85,8 @@ def _write_config(root: Path, host: str, gpus: int) -> Path:
                 MARKER,
                 "ClusterName=complora-test",
                 f"SlurmctldHost={host}(127.0.0.1)",
-                f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
+                f"SlurmctldPort={controller_port}",
+                f"SlurmdPort={node_port}",
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 "AuthType=auth/munge",
@@ -121,9 +126,10 @@ def _write_config(root: Path, host: str, gpus: int) -> Path:
 
 
 def _stop(pid_file: Path) -> None:
-    if not pid_file.is_file():
-        return
-    pid = int(pid_file.read_text().split()[0])
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return  # never started, or gone with its pid file
     try:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
@@ -154,9 +160,14 @@ def slurm_cluster(root: Path, gpus: int = 2) -> Iterator[Cluster]:
     cluster = Cluster(root, conf, gpus, PARTITION)
     munge = root / "munge"
     pid_files = [munge / "munged.pid", root / "slurmctld.pid", root / "slurmd.pid"]
-    CLIENT_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    CLIENT_CONFIG.write_text(conf.read_text())
-    try:
+    with contextlib.ExitStack() as cleanup:
+        # Undone in reverse order, each step whatever happened to the ones before it.
+        CLIENT_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        cleanup.callback(CLIENT_CONFIG.unlink, missing_ok=True)
+        CLIENT_CONFIG.write_text(conf.read_text())
+        for pid_file in pid_files:
+            cleanup.callback(_stop, pid_file)
+        cleanup.callback(_cancel_jobs, cluster)
         # munged refuses root unless forced; everything here runs as root, as in CI.
         subprocess.run(
             ["munged", "--force", f"--key-file={key}", f"--socket={munge / 'munge.socket'}",
@@ -171,14 +182,16 @@ def slurm_cluster(root: Path, gpus: int = 2) -> Iterator[Cluster]:
                 raise RuntimeError(f"the test cluster's node never became idle; see {root / 'log'}")
             time.sleep(0.5)
         yield cluster
-    finally:
-        if pid_files[1].is_file():
-            cluster.command("scancel", "--full", f"--partition={PARTITION}")
-            deadline = time.monotonic() + 30
-            while cluster.command("squeue", "-h", "-t", "RUNNING,COMPLETING").stdout.strip():
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-        for pid_file in reversed(pid_files):
-            _stop(pid_file)
-        CLIENT_CONFIG.unlink(missing_ok=True)
+
+
+def _cancel_jobs(cluster: Cluster) -> None:
+    """Cancel every job and wait (30 s at most) for their processes to end."""
+    try:
+        cluster.command("scancel", "--full", f"--partition={cluster.partition}")
+        deadline = time.monotonic() + 30
+        while cluster.command("squeue", "-h", "-t", "RUNNING,COMPLETING").stdout.strip():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+    except (OSError, subprocess.SubprocessError):
+        return  # the controller is not answering: the daemons are stopped next all the same

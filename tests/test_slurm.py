@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 CONFIG = {**REDUCED, "gpus_per_training_job": 1}
 TRAINED = ("lora", "complora")
+ITERATIONS = 400  # the preempted run's: long enough (~10 s of training) to be requeued part-way
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(
 ):
     project, profile = submitted
     longer = tmp_path / "longer.yaml"  # a longer LoRA run, so that it is preempted part-way
-    longer.write_text(yaml.safe_dump({"hyperparameters": {"lora": {"iterations_per_shot": 150}}}))
+    longer.write_text(yaml.safe_dump({"hyperparameters": {"lora": {"iterations_per_shot": ITERATIONS}}}))
     run_dir = project / "results/runs/demo_patterns/lora/shots1/seed1"
     target = f"{run_dir.relative_to(project)}/metrics.json"
     command = ["snakemake", "--profile", str(profile), "--configfile", "config.yaml", str(longer),
@@ -119,7 +120,9 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(
     )
     try:
         wait_for(lambda: (run_dir / "checkpoint.pt").is_file(), "the first checkpoint", process)
-        job_id = cluster.command("squeue", "-h", "-t", "RUNNING", "-o", "%i").stdout.split()[0]
+        running = cluster.command("squeue", "-h", "-t", "RUNNING", "-o", "%i").stdout.split()
+        assert len(running) == 1, f"expected the training job alone to be running, squeue says {running}"
+        job_id = running[0]
         # What SLURM does to a preempted job with PreemptMode=REQUEUE: SIGTERM, then back into the queue.
         assert cluster.command("scontrol", "requeue", job_id).returncode == 0
         wait_for(
@@ -134,9 +137,9 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(
         process.kill()
     assert process.returncode == 0, stderr[-5000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["iterations"] == 150
+    assert metrics["iterations"] == ITERATIONS
     assert metrics["environment"]["SLURM_JOB_ID"] == job_id, "SLURM ran the same job again, not Snakemake"
-    assert metrics["resumed_at_step"] >= 10, "the requeued job went on from its checkpoint"
+    assert 10 <= metrics["resumed_at_step"] < ITERATIONS, "stopped mid-training, went on from its checkpoint"
     assert not (run_dir / "checkpoint.pt").exists()
     assert "resuming from" in (run_dir / "train.log").read_text()
 
@@ -145,7 +148,8 @@ def test_a_job_asking_for_more_gpus_than_the_cluster_has_fails_with_the_schedule
     submitted: tuple[Path, Path], cluster: Cluster
 ):
     project, profile = submitted
-    target = "results/runs/demo_rare_colors/complora/shots1/seed1/metrics.json"
+    # A run not yet made (seed 2), so that the failed job's clean-up removes nothing the other tests read.
+    target = "results/runs/demo_rare_colors/complora/shots1/seed2/metrics.json"
     result = run(
         project,
         "snakemake",
@@ -153,7 +157,7 @@ def test_a_job_asking_for_more_gpus_than_the_cluster_has_fails_with_the_schedule
         str(profile),
         "--config",
         f"gpus_per_training_job={cluster.gpus + 1}",
-        "--force",
+        "--",
         target,
         timeout=180,  # fails at submission, with no job left waiting in the queue
     )
@@ -162,3 +166,4 @@ def test_a_job_asking_for_more_gpus_than_the_cluster_has_fails_with_the_schedule
     assert "Requested node configuration is not available" in output, output[-3000:]
     assert f"--gpus={cluster.gpus + 1}" in output
     assert not cluster.command("squeue", "-h").stdout.strip()
+    assert not (project / target).exists()

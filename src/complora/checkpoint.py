@@ -2,8 +2,8 @@
 
 A checkpoint holds the trainable weights, the optimizer and scheduler states, every random number
 generator's state, the batch order and the step. It is written atomically beside the run's outputs and is
-tied to the run's identity (a hash of its settings, k-shot split and projector), so a checkpoint left by
-another run in the same folder is never resumed.
+tied to the run's identity (a hash of its settings, k-shot split, projector, code and library versions), so
+a checkpoint left by another run in the same folder, or by other code, is never resumed.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Checkpointing:
             return None
         if state.get("identity") != self.identity:
             log.warning(
-                "%s belongs to another run (other settings, split or projector); training starts from step 0",
+                "%s belongs to another run (other settings, split, projector or code); training starts from step 0",
                 self.path,
             )
             return None

@@ -7,6 +7,7 @@ other complora process holds, through a lock file per GPU that lasts as long as 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -29,10 +30,14 @@ def claim_first_free(names: Sequence[str], directory: Path = GPU_LOCK_DIR) -> in
     None when every one is held."""
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o1777)  # shared by every user's jobs, like /tmp
+        with contextlib.suppress(OSError):  # another user made it first: theirs to set
+            directory.chmod(0o1777)  # shared by every user's jobs, like /tmp
     for index, name in enumerate(names):
-        # Read-only is enough for flock, so another user's lock file (mode 0644) can be claimed too.
-        handle = open(os.open(directory / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644))  # noqa: SIM115
+        try:
+            handle = _open_lock(directory / f"{name}.lock")
+        except OSError as error:
+            log.warning("cannot use the GPU lock %s (%s); not claiming that GPU", directory / f"{name}.lock", error)
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -41,6 +46,17 @@ def claim_first_free(names: Sequence[str], directory: Path = GPU_LOCK_DIR) -> in
         _held_locks.append(handle)
         return index
     return None
+
+
+def _open_lock(path: Path) -> IO[str]:
+    # Read-only is enough for flock, so another user's lock file can be claimed too; creating is a separate
+    # step, as O_CREAT on another user's file in a sticky folder is refused where fs.protected_regular is set.
+    while True:
+        try:
+            return open(path)  # kept open by the caller: the open file is the claim
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # another job created it in between: open that one
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o644))
 
 
 def _claim_gpu() -> torch.device:

@@ -32,6 +32,7 @@ from .finetune import FinetuneSettings, finetune
 from .fingerprint import weights_sha256
 from .models import load_clip
 from .runinfo import package_versions, peak_gpu_memory_mib, peak_rss_mib
+from .sourcehash import source_fingerprint
 from .splitdata import labels, load_images
 from .splitfile import classnames, file_sha256, read_few_shot_split, read_split
 from .stopping import StopSignals
@@ -263,7 +264,16 @@ def train_and_evaluate(
     }
     split_hash = file_sha256(spec.few_shot_file)
     projector_sha256 = file_sha256(spec.projector) if spec.projector else None
-    run_identity = config_hash({"config": settings, "split_hash": split_hash, "projector_sha256": projector_sha256})
+    # The code and library versions too: a checkpoint written by other training code is no state to go on from.
+    run_identity = config_hash(
+        {
+            "config": settings,
+            "split_hash": split_hash,
+            "projector_sha256": projector_sha256,
+            "code": source_fingerprint(__name__),
+            "versions": package_versions(),
+        }
+    )
     checkpointing = None
     if checkpoint_every:
         checkpointing = Checkpointing(out_dir / CHECKPOINT_FILE, checkpoint_every, run_identity)
