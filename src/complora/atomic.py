@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -18,12 +19,17 @@ def default_permissions(path: str | os.PathLike[str], directory: bool = False) -
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def _temporary_affixes(target: Path) -> tuple[str, str]:
+    return f".{target.name}.", ".tmp"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    prefix, suffix = _temporary_affixes(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
     os.close(handle)
     try:
         yield Path(temporary)
@@ -34,6 +40,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def remove_partial_writes(path: str | os.PathLike[str]) -> None:
+    """Delete the temporary files that writers of ``path`` killed by SIGKILL left beside it (only safe while
+    no other process is writing ``path``)."""
+    target = Path(path)
+    prefix, suffix = _temporary_affixes(target)
+    for partial in target.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        partial.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

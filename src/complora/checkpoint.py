@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_partial_writes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class Checkpointing:
     def load(self) -> dict[str, Any] | None:
         """The saved state of this run, or None (no checkpoint, or one that cannot be resumed: then training
         starts from step 0 and overwrites it)."""
-        self._remove_partial_writes()
+        remove_partial_writes(self.path)  # one run owns the folder: a leftover is a killed save's
         if not self.path.is_file():
             return None
         try:
@@ -63,9 +63,4 @@ class Checkpointing:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-        self._remove_partial_writes()
-
-    def _remove_partial_writes(self) -> None:
-        # A save killed by SIGKILL leaves its temporary file (atomic_path's naming); one run owns the folder.
-        for partial in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            partial.unlink(missing_ok=True)
+        remove_partial_writes(self.path)
