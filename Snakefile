@@ -20,6 +20,7 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/evalcache.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/projectors.smk"
 include: "workflow/rules/runs.smk"

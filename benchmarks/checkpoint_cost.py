@@ -16,11 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
+from PIL import Image
 
 from complora.adapters import AdapterConfig, inject, trainable_parameters
 from complora.checkpoint import Checkpointing
+from complora.data.images import EvalTransform
+from complora.data.training import TrainingImages
 from complora.finetune import FinetuneSettings, finetune
 from complora.models import load_clip
 
@@ -37,16 +41,22 @@ def main() -> None:
     model = load_clip(args.model, "none", seed=0)
     torch.manual_seed(0)
     inject(model, AdapterConfig(method=args.method))
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple | list) else size
-    images = torch.randint(0, 256, (8, size, size, 3), dtype=torch.uint8)
-    labels = torch.arange(8) % 4
+    transform = EvalTransform.for_model(model)
     names = ["cat", "dog", "car", "tree"]
     settings = FinetuneSettings(iterations=1, batch_size=8)
     with tempfile.TemporaryDirectory() as folder:
+        generator = np.random.default_rng(0)
+        for index in range(8):
+            Image.fromarray(generator.integers(0, 256, (*transform.size, 3), dtype=np.uint8)).save(
+                f"{folder}/{index}.png"
+            )
+        entries = [(f"{index}.png", index % 4, names[index % 4]) for index in range(8)]
+        images = TrainingImages(folder, entries, transform.size)
         checkpointing = Checkpointing(Path(folder) / "checkpoint.pt", every=1, identity="benchmark")
         tokenizer = open_clip.get_tokenizer(args.model)
-        figures = finetune(model, tokenizer, images, labels, names, settings, seed=0, checkpointing=checkpointing)
+        figures = finetune(
+            model, tokenizer, images, names, settings, seed=0, transform=transform, checkpointing=checkpointing
+        )
         size_bytes = checkpointing.path.stat().st_size
         saves, loads = [], []
         for _ in range(args.rounds):

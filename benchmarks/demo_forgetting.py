@@ -21,6 +21,9 @@ import open_clip
 import torch
 
 from complora.adapters import AdapterConfig, inject
+from complora.data.images import EvalTransform
+from complora.data.splits import read_split, sample_few_shot
+from complora.data.training import TrainingImages
 from complora.demo.datasets import write_demo_world
 from complora.demo.pretrain import (
     ARCHITECTURE,
@@ -34,8 +37,6 @@ from complora.finetune import FinetuneSettings, finetune
 from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
-from complora.splitdata import labels, load_images
-from complora.splitfile import read_split, sample_few_shot
 
 FORGETTING_THRESHOLD = -1.0  # mean retention (points) below which LoRA counts as forgetting
 TARGET_GAIN = 15.0  # points LoRA should add on the adapted task (issue: the world leaves adaptation work to do)
@@ -43,14 +44,14 @@ TARGET_GAIN = 15.0  # points LoRA should add on the adapted task (issue: the wor
 
 def run(args: argparse.Namespace, world: Path, checkpoint: Path) -> dict:
     base = load_clip(ARCHITECTURE, str(checkpoint)).eval()
-    image_size = base.visual.image_size[0]
-    tasks = load_test_sets(world, read_world(world, image_size))
+    transform = EvalTransform.for_model(base)
+    tasks = load_test_sets(world, read_world(world, transform.size[0]), transform)
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
-    pretrained = zero_shot_top1(base, tokenizer, tasks)
+    pretrained = zero_shot_top1(base, tokenizer, tasks, transform)
 
     target = tasks[args.task]
     shots = sample_few_shot(read_split(world / args.task / "split.json")["train"], args.shots, args.seed)
-    images = load_images(world / args.task, shots, image_size)
+    images = TrainingImages(world / args.task, shots, transform.size)
     variants = [("lora", 0)] + [("complora", k) for k in args.k]
 
     def adapt(method: str, k: int, learning_rate: float) -> dict:
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace, world: Path, checkpoint: Path) -> dict:
         torch.manual_seed(args.seed)  # the same A initialisation for every variant
         inject(model, AdapterConfig(method=method, k=k))
         settings = FinetuneSettings(iterations=args.iterations, learning_rate=learning_rate)
-        figures = finetune(model, tokenizer, images, labels(shots), target["classnames"], settings, seed=args.seed)
-        accuracy = zero_shot_top1(model, tokenizer, tasks)
+        figures = finetune(model, tokenizer, images, target.classnames, settings, seed=args.seed, transform=transform)
+        accuracy = zero_shot_top1(model, tokenizer, tasks, transform)
         retention = {name: round(accuracy[name] - pretrained[name], 2) for name in tasks if name != args.task}
         result = {
             "method": method,

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from complora.adapters import adapter_layers
+from complora.data.images import EvalTransform
+from complora.data.training import TrainingImages
+
+# open_clip's defaults for a 32-pixel model (resize shorter side, bicubic, centre crop, OpenAI mean/std).
+TRANSFORM_32 = EvalTransform.from_preprocess_cfg({"size": (32, 32)})
+
+
+def image_set(folder: Path, images: torch.Tensor, labels: torch.Tensor, **options) -> TrainingImages:
+    """uint8 (N, H, W, 3) images written as PNG files under ``folder``, read back as a training set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        Image.fromarray(np.asarray(image)).save(folder / f"{index}.png")
+        entries.append((f"{index}.png", int(label), f"class{int(label)}"))
+    return TrainingImages(folder, entries, (images.shape[1], images.shape[2]), **options)
 
 
 def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

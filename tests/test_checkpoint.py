@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from complora.data.splits import few_shot_split, write_few_shot_split
 from complora.demo.datasets import DemoSizes, write_demo_world
 from complora.experiment import Backbone, DatasetRef, evaluate_zero_shot
 from complora.models import load_clip
-from complora.splitfile import few_shot_split, write_few_shot_split
 from complora.tensorfile import save_tensors
 
 pytestmark = pytest.mark.slow

@@ -11,15 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from complora.cli import main
 from complora.data.download import download
 from complora.data.prepare import IMAGENET_LAYOUT, find_local, prepare_custom, prepare_download, prepare_local
 from complora.data.registry import PAPER_DATASETS, RemoteFile, load_registry
+from complora.data.splits import few_shot_split, read_split
+from complora.data.training import TrainingImages
 from complora.errors import ComploraError
-from complora.splitdata import load_images
-from complora.splitfile import few_shot_split, read_split
 from dataset_fixtures import CLASSES, build_fixture, jpeg, serve
 
 DOWNLOADABLE = [name for name in PAPER_DATASETS if name != "ImageNet"]
@@ -57,8 +58,9 @@ def test_download_verify_extract_prepare_split(name: str, server, registry_file:
     assert manifest["counts"] == {"train": 6, "val": 3, "test": 3} and manifest["source"]["kind"] == "download"
     assert f"/missing/{name}/{spec.archives[0].name}" in [path for path, _ in requests], "the 404 mirror was tried"
     few = few_shot_split(out / "split.json", name, shots=2, seed=1)
-    images = load_images(out / "images", few["train"], 8)
-    assert images.shape == (6, 8, 8, 3)
+    images = TrainingImages(out / "images", few["train"], (8, 8))
+    assert len(images) == 6 and images.in_memory
+    assert images.crops(torch.arange(6), (0.08, 1.0), torch.Generator().manual_seed(0)).shape == (6, 8, 8, 3)
 
 
 def test_cli_downloads_into_the_cache_once(registry_file: Path, tmp_path: Path, server):

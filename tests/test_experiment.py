@@ -13,16 +13,17 @@ import torch
 
 from complora.adapters import AdapterConfig, load_adapter
 from complora.cli import main
+from complora.data.splits import few_shot_split, write_few_shot_split
+from complora.data.testset import DatasetRef, open_test_split
 from complora.demo.datasets import DemoSizes, write_demo_world
 from complora.errors import ComploraError
-from complora.evaluation import text_classifier, zero_shot_accuracy
-from complora.experiment import Backbone, DatasetRef, TrainSpec, evaluate_zero_shot, train_and_evaluate
+from complora.evaluation import DEFAULT_TEMPLATE, text_classifier, zero_shot_accuracies
+from complora.experiment import Backbone, TrainSpec, evaluate_zero_shot, train_and_evaluate
 from complora.finetune import FinetuneSettings
 from complora.models import load_clip
-from complora.splitdata import labels, load_images
-from complora.splitfile import few_shot_split, read_split, write_few_shot_split
 from complora.subspace import build_projector, load_projector, save_projector
 from complora.tensorfile import save_tensors
+from helpers import TRANSFORM_32
 
 CONTRACT = (
     "dataset", "method", "shots", "seed", "backbone", "accuracy", "zero_shot_accuracy", "retention",
@@ -100,10 +101,10 @@ def test_trained_run_records_the_contract_and_its_adapter_reproduces_it(study: d
 
     model = load_clip("demo-vit-tiny", study["backbone"].pretrained).eval()
     load_adapter(model, tmp_path / "run" / "adapter")
-    entries = read_split(study["world"] / TARGET / "split.json")["test"]
-    images = load_images(study["world"] / TARGET, entries, 32)
-    names = json.loads(study["few_shot"].read_text())["classnames"]
-    reloaded = zero_shot_accuracy(model, open_clip.get_tokenizer("demo-vit-tiny"), images, labels(entries), names)
+    dataset = DatasetRef(TARGET, study["world"] / TARGET, study["world"] / TARGET / "split.json")
+    test = open_test_split(dataset, TRANSFORM_32)
+    tokenizer = open_clip.get_tokenizer("demo-vit-tiny")
+    (reloaded,) = zero_shot_accuracies(model, tokenizer, test, [DEFAULT_TEMPLATE], TRANSFORM_32)
     assert round(reloaded, 2) == metrics["accuracy"]
 
 

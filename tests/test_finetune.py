@@ -13,28 +13,22 @@ import torch
 
 from complora.adapters import AdapterConfig, adapter_layers, inject
 from complora.checkpoint import Checkpointing
-from complora.finetune import FinetuneSettings, augment, finetune
-from complora.splitfile import sample_few_shot
+from complora.data.splits import sample_few_shot
+from complora.data.training import TrainingImages
+from complora.finetune import FinetuneSettings, finetune
 from complora.stopping import JobStopped, StopSignals
+from helpers import TRANSFORM_32, image_set
 
 
-def _few_shot_problem() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+@pytest.fixture
+def problem(tmp_path: Path) -> tuple[TrainingImages, list[str]]:
     """Three classes of 32x32 images told apart by their dominant colour channel, four shots each."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 60, (12, 32, 32, 3), generator=generator, dtype=torch.uint8)
     labels = torch.arange(3).repeat(4)
     for index, label in enumerate(labels):
         images[index, ..., label] += 180
-    return images, labels, ["red", "green", "blue"]
-
-
-def test_augment_is_reproducible_and_keeps_the_size():
-    images = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
-    first = augment(images, (0.08, 1.0), torch.Generator().manual_seed(3))
-    second = augment(images, (0.08, 1.0), torch.Generator().manual_seed(3))
-    assert first.shape == (4, 3, 32, 32) and first.dtype == torch.float32
-    assert torch.equal(first, second)
-    assert not torch.equal(first, augment(images, (0.08, 1.0), torch.Generator().manual_seed(4)))
+    return image_set(tmp_path / "images", images, labels), ["red", "green", "blue"]
 
 
 def _adapted(make_tiny, towers=("vision", "text")):
@@ -44,14 +38,14 @@ def _adapted(make_tiny, towers=("vision", "text")):
     return model
 
 
-def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny):
-    images, labels, names = _few_shot_problem()
+def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny, problem):
+    images, names = problem
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=40, batch_size=8, learning_rate=5e-3)
     runs = []
     for _ in range(2):
         model = _adapted(make_tiny)
-        runs.append((finetune(model, tokenizer, images, labels, names, settings, seed=5), model))
+        runs.append((finetune(model, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32), model))
     (first, model_a), (second, model_b) = runs
     assert first["final_loss"] == second["final_loss"]
     weights_a = [p for _, layer in adapter_layers(model_a) for p in layer.lora_B.values()]
@@ -61,15 +55,15 @@ def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny):
     assert first["final_loss"] < 1.0, first  # ln(3) = 1.10 is chance
 
 
-def test_frozen_text_tower_is_encoded_once(make_tiny):
-    images, labels, names = _few_shot_problem()
+def test_frozen_text_tower_is_encoded_once(make_tiny, problem):
+    images, names = problem
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     calls = {"text": 0}
     for towers, expected in ((("vision",), 1), (("vision", "text"), 5)):
         model = _adapted(make_tiny, towers)
         calls["text"] = 0
         model.transformer.register_forward_hook(lambda *_: calls.__setitem__("text", calls["text"] + 1))
-        finetune(model, tokenizer, images, labels, names, FinetuneSettings(iterations=5, batch_size=4))
+        finetune(model, tokenizer, images, names, FinetuneSettings(iterations=5, batch_size=4), transform=TRANSFORM_32)
         assert calls["text"] == expected
 
 
@@ -90,22 +84,34 @@ def _sigterm_on_call(module: torch.nn.Module, call: int) -> None:
     module.register_forward_hook(hook)
 
 
-def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(make_tiny, tmp_path: Path):
-    images, labels, names = _few_shot_problem()
+def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(make_tiny, problem, tmp_path: Path):
+    images, names = problem
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=12, batch_size=4, learning_rate=5e-3)
     whole = _adapted(make_tiny)
-    expected = finetune(whole, tokenizer, images, labels, names, settings, seed=5)
+    expected = finetune(whole, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
 
     checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="run-a")
     stopped = _adapted(make_tiny)
     _sigterm_on_call(stopped.visual, 7)
     with StopSignals() as stop, pytest.raises(JobStopped, match=r"signal 15 \(SIGTERM\) at training step 7 of 12"):
-        finetune(stopped, tokenizer, images, labels, names, settings, seed=5, checkpointing=checkpointing, stop=stop)
+        finetune(
+            stopped,
+            tokenizer,
+            images,
+            names,
+            settings,
+            seed=5,
+            transform=TRANSFORM_32,
+            checkpointing=checkpointing,
+            stop=stop,
+        )
     assert torch.load(checkpointing.path, weights_only=True)["loop"]["step"] == 7, "saved after the step it hit"
 
     resumed = _adapted(make_tiny)
-    figures = finetune(resumed, tokenizer, images, labels, names, settings, seed=5, checkpointing=checkpointing)
+    figures = finetune(
+        resumed, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32, checkpointing=checkpointing
+    )
     assert figures["resumed_at_step"] == 7 and figures["final_loss"] == expected["final_loss"]
     assert all(torch.equal(a, b) for a, b in zip(_adapter_weights(resumed), _adapter_weights(whole), strict=True))
 
@@ -118,19 +124,19 @@ def test_a_signal_outside_a_step_stops_at_once():
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None])
-def test_a_damaged_or_foreign_checkpoint_is_not_resumed(content, make_tiny, tmp_path: Path, caplog):
-    images, labels, names = _few_shot_problem()
+def test_a_damaged_or_foreign_checkpoint_is_not_resumed(content, make_tiny, problem, tmp_path: Path, caplog):
+    images, names = problem
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=6, batch_size=4, learning_rate=5e-3)
     path = tmp_path / "checkpoint.pt"
     if content is None:  # a checkpoint of another run (another identity) in the same folder
-        finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=1,
+        finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=1, transform=TRANSFORM_32,
                  checkpointing=Checkpointing(path, every=2, identity="other-run"))  # fmt: skip
     else:
         path.write_bytes(content)
-    expected = finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=5)
+    expected = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
     with caplog.at_level(logging.WARNING, logger="complora.checkpoint"):
-        figures = finetune(_adapted(make_tiny), tokenizer, images, labels, names, settings, seed=5,
+        figures = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32,
                            checkpointing=Checkpointing(path, every=2, identity="this-run"))  # fmt: skip
     assert figures["resumed_at_step"] is None and figures["final_loss"] == expected["final_loss"]
     assert "training starts from step 0" in caplog.text

@@ -17,12 +17,25 @@ def names(*modules: str) -> set[str]:
 
 def test_closures_follow_imports_including_function_level_ones():
     training = names("complora.experiment")
-    assert {"experiment.py", "finetune.py", "adapters/layer.py", "subspace.py", "splitfile.py"} <= training
+    assert {
+        "experiment.py",
+        "finetune.py",
+        "adapters/layer.py",
+        "subspace.py",
+        "data/splits.py",
+        "data/images.py",
+    } <= training
     assert "model_configs/demo-vit-tiny.json" in training, "the registered architectures are code too"
     assert {"__init__.py", "adapters/__init__.py"} <= training
     aggregation = names("complora.aggregate")
     assert "aggregate.py" in aggregation and "finetune.py" not in aggregation and "experiment.py" not in aggregation
-    assert names("complora.splitfile") == {"__init__.py", "atomic.py", "errors.py", "splitfile.py"}
+    assert names("complora.data.splits") == {
+        "__init__.py",
+        "atomic.py",
+        "errors.py",
+        "data/__init__.py",
+        "data/splits.py",
+    }
     assert "cli.py" not in names("complora.demo.pretrain")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from complora.splitfile import few_shot_split
+from complora.data.splits import few_shot_split
 from dataset_fixtures import build_fixture, jpeg, serve
 from workflow_project import REDUCED, ROOT, make_project, run
 

@@ -148,27 +148,58 @@ def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_split(args: argparse.Namespace) -> None:
-    from .splitfile import few_shot_split, write_few_shot_split
+    from .data.splits import few_shot_split, write_few_shot_split
 
     split = few_shot_split(args.split_file, args.dataset, args.shots, args.seed)
     write_few_shot_split(split, args.out)
     print(f"wrote {args.out}: {len(split['train'])} train, {len(split['val'])} val items", file=sys.stderr)
 
 
-def _add_dataset_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_images_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--data", type=Path, required=True, help="the dataset's image folder")
     parser.add_argument("--split-file", type=Path, required=True, help="the dataset's CoOp split file")
     parser.add_argument("--model", required=True, help="open_clip architecture name or JSON config")
     parser.add_argument("--pretrained", required=True, help="open_clip pretrained tag or checkpoint path")
+
+
+def _add_dataset_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_images_and_backbone_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, else cpu), cpu, cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, and threads that decode images (default 1)")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation import DEFAULT_BATCH_SIZE
+
+    parser.add_argument(
+        "--eval-cache",
+        type=Path,
+        help="the dataset's evaluation cache (from `complora eval-cache`); default: decode the test images",
+    )
+    parser.add_argument("--eval-batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per evaluation batch")
+
+
+def _data_settings(args: argparse.Namespace):
+    from .experiment import DataSettings
+
+    options = {"threads": args.threads or 1, "eval_batch_size": args.eval_batch_size}
+    if getattr(args, "train_memory_mib", None) is not None:
+        options["train_memory_limit_mib"] = args.train_memory_mib
+    return DataSettings(**options)
+
+
+def _dataset_ref(args: argparse.Namespace):
+    from .data.testset import DatasetRef
+
+    return DatasetRef(args.dataset, args.data, args.split_file, args.eval_cache)
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from .evaluation import DEFAULT_TEMPLATE
 
     _add_dataset_and_backbone_arguments(parser)
+    _add_data_arguments(parser)
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with one {} for the class")
     parser.add_argument(
         "--coop-template",
@@ -180,17 +211,45 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from .experiment import Backbone, DatasetRef, evaluate_zero_shot
+    from .experiment import Backbone, evaluate_zero_shot
 
     _set_threads(args.threads)
-    dataset = DatasetRef(args.dataset, args.data, args.split_file)
     evaluate_zero_shot(
-        dataset,
+        _dataset_ref(args),
         Backbone(args.model, args.pretrained),
         args.out,
         template=args.template,
         device=args.device,
         coop_templates=args.coop_template,
+        data=_data_settings(args),
+    )
+
+
+def _add_eval_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_images_and_backbone_arguments(parser)
+    parser.add_argument("--threads", type=int, default=1, help="threads that decode images")
+    parser.add_argument("--out", type=Path, required=True, help="cache folder to write (pixels.npy, manifest.json)")
+
+
+def _run_eval_cache(args: argparse.Namespace) -> None:
+    from .data.evalcache import build_eval_cache
+    from .data.images import EvalTransform
+    from .data.splits import read_split
+    from .models import load_clip
+
+    if args.threads < 1:
+        raise ComploraError(f"--threads {args.threads}: must be 1 or more")
+    start = time.perf_counter()
+    transform = EvalTransform.for_model(load_clip(args.model, args.pretrained))
+    entries = read_split(args.split_file)["test"]
+    manifest = build_eval_cache(
+        args.dataset, args.data, args.split_file, entries, transform, args.out, threads=args.threads
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"wrote {args.out}: {manifest['count']} test images of {args.dataset} at {transform.size}, "
+        f"{manifest['bytes'] / 2**20:.1f} MiB, {seconds:.1f} s ({manifest['count'] / seconds:.0f} images/s)",
+        file=sys.stderr,
     )
 
 
@@ -200,6 +259,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     adapter = AdapterConfig()
     _add_dataset_and_backbone_arguments(parser)
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--train-memory-mib",
+        type=float,
+        help="hold the decoded training originals in memory up to this size, else decode each batch (default 2048)",
+    )
     parser.add_argument("--few-shot", type=Path, required=True, help="k-shot split file (from `complora split`)")
     parser.add_argument("--seed", type=int, required=True, help="seeds the adapter init, batches, crops and dropout")
     parser.add_argument("--method", choices=METHODS, required=True)
@@ -243,7 +308,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from .adapters.config import AdapterConfig
     from .checkpoint import CHECKPOINT_FILE
-    from .experiment import Backbone, DatasetRef, TrainSpec, train_and_evaluate
+    from .experiment import Backbone, TrainSpec, train_and_evaluate
     from .finetune import FinetuneSettings
     from .stopping import StopSignals
 
@@ -270,7 +335,7 @@ def _run_train(args: argparse.Namespace) -> None:
         template=args.template,
     )
     spec = TrainSpec(
-        dataset=DatasetRef(args.dataset, args.data, args.split_file),
+        dataset=_dataset_ref(args),
         few_shot_file=args.few_shot,
         backbone=Backbone(args.model, args.pretrained),
         adapter=adapter,
@@ -282,7 +347,12 @@ def _run_train(args: argparse.Namespace) -> None:
     try:
         with StopSignals() as stop:
             train_and_evaluate(
-                spec, args.out_dir, device=args.device, checkpoint_every=args.checkpoint_every, stop=stop
+                spec,
+                args.out_dir,
+                device=args.device,
+                checkpoint_every=args.checkpoint_every,
+                stop=stop,
+                data=_data_settings(args),
             )
     except JobStopped as stopped:
         checkpoint = args.out_dir / CHECKPOINT_FILE
@@ -397,6 +467,11 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         _run_weights,
     ),
     "split": ("draw a k-shot split (CoOp convention) from a dataset's split file", _add_split_arguments, _run_split),
+    "eval-cache": (
+        "decode a dataset's test split once into the backbone's preprocessed pixels (the evaluation cache)",
+        _add_eval_cache_arguments,
+        _run_eval_cache,
+    ),
     "evaluate": (
         "zero-shot top-1 of the pretrained model on a dataset's test split (writes metrics.json)",
         _add_evaluate_arguments,

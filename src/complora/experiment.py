@@ -25,16 +25,18 @@ import torch
 from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
 from .atomic import write_json
 from .checkpoint import CHECKPOINT_FILE, Checkpointing
+from .data.images import EvalTransform
+from .data.splits import file_sha256, read_few_shot_split
+from .data.testset import DatasetRef, TestSplit, open_test_split
+from .data.training import DEFAULT_MEMORY_LIMIT_MIB, TrainingImages
 from .devices import select_device
 from .errors import ComploraError
-from .evaluation import DEFAULT_TEMPLATE, zero_shot_accuracy
+from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, zero_shot_accuracies
 from .finetune import FinetuneSettings, finetune
 from .fingerprint import weights_sha256
 from .models import load_clip
 from .runinfo import package_versions, peak_gpu_memory_mib, peak_rss_mib
 from .sourcehash import source_fingerprint
-from .splitdata import labels, load_images
-from .splitfile import classnames, file_sha256, read_few_shot_split, read_split
 from .stopping import StopSignals
 from .subspace import load_projector
 
@@ -56,12 +58,18 @@ class Backbone:
 
 
 @dataclass(frozen=True)
-class DatasetRef:
-    """A dataset's image folder and its CoOp split file."""
+class DataSettings:
+    """How a job reads its images; none of it changes a result."""
 
-    name: str
-    root: Path
-    split_file: Path
+    threads: int = 1
+    eval_batch_size: int = DEFAULT_BATCH_SIZE
+    train_memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.eval_batch_size < 1 or self.train_memory_limit_mib < 0:
+            raise ComploraError(
+                f"threads and eval batch size must be >= 1 and the training-image memory limit >= 0, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,26 +98,19 @@ def _environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _load_test(dataset: DatasetRef, image_size: int) -> dict[str, Any]:
-    entries = read_split(dataset.split_file)["test"]
-    if not entries:
-        raise ComploraError(f"split file {dataset.split_file}: the 'test' list is empty; nothing to evaluate on")
-    return {
-        "images": load_images(dataset.root, entries, image_size),
-        "labels": labels(entries),
-        "classnames": classnames(entries),
-    }
+def _top1(model: torch.nn.Module, tokenizer: Any, test: TestSplit, templates: list, transform: EvalTransform,
+          data: DataSettings) -> list[float]:  # fmt: skip
+    return zero_shot_accuracies(model, tokenizer, test, templates, transform, data.eval_batch_size)
 
 
-def _top1(model: torch.nn.Module, tokenizer: Any, test: dict[str, Any], template: str | list[str]) -> float:
-    return zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"], template)
-
-
-def _load_backbone(backbone: Backbone, device: torch.device) -> tuple[torch.nn.Module, Any, int]:
+def _load_backbone(backbone: Backbone, device: torch.device) -> tuple[torch.nn.Module, Any, EvalTransform]:
     model = load_clip(backbone.model, backbone.pretrained).to(device).eval()
-    image_size = model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, tuple | list) else image_size
-    return model, open_clip.get_tokenizer(backbone.model), int(image_size)
+    return model, open_clip.get_tokenizer(backbone.model), EvalTransform.for_model(model)
+
+
+def _data_record(dataset: DatasetRef) -> dict[str, Any]:
+    cache = str(dataset.eval_cache) if dataset.eval_cache else None
+    return {"root": str(dataset.root), "split_file": str(dataset.split_file), "eval_cache": cache}
 
 
 def _common_record(backbone: Backbone, base_sha256: str, device: torch.device) -> dict[str, Any]:
@@ -130,6 +131,7 @@ def evaluate_zero_shot(
     template: str = DEFAULT_TEMPLATE,
     device: str = "auto",
     coop_templates: Sequence[str] = (),
+    data: DataSettings | None = None,
 ) -> dict[str, Any]:
     """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json).
 
@@ -137,17 +139,18 @@ def evaluate_zero_shot(
     prompt ensemble for the dataset) their accuracy is recorded as well: the published zero-shot CLIP
     numbers used those prompts."""
     start = time.perf_counter()
+    data = data or DataSettings()
     chosen = select_device(device)
-    model, tokenizer, image_size = _load_backbone(backbone, chosen)
-    test = _load_test(dataset, image_size)
+    model, tokenizer, transform = _load_backbone(backbone, chosen)
+    test = open_test_split(dataset, transform, data.threads)
     split_sha256 = file_sha256(dataset.split_file)
     base_sha256 = weights_sha256(model)
     eval_start = time.perf_counter()
-    accuracy = round(_top1(model, tokenizer, test, template), 2)
-    coop_prompts = None
-    if coop_templates and list(coop_templates) != [template]:
-        coop_accuracy = round(_top1(model, tokenizer, test, list(coop_templates)), 2)
-        coop_prompts = {"templates": list(coop_templates), "accuracy": coop_accuracy}
+    with_coop = bool(coop_templates) and list(coop_templates) != [template]
+    templates = [template, list(coop_templates)] if with_coop else [template]
+    accuracies = [round(value, 2) for value in _top1(model, tokenizer, test, templates, transform, data)]
+    accuracy = accuracies[0]
+    coop_prompts = {"templates": list(coop_templates), "accuracy": accuracies[1]} if with_coop else None
     eval_seconds = time.perf_counter() - eval_start
     settings = {
         "dataset": dataset.name,
@@ -155,6 +158,7 @@ def evaluate_zero_shot(
         "template": template,
         "coop_templates": list(coop_templates),
         "weights_sha256": base_sha256,
+        "preprocessing_sha256": transform.sha256,
     }
     metrics = {
         **_common_record(backbone, base_sha256, chosen),
@@ -164,10 +168,11 @@ def evaluate_zero_shot(
         "seed": None,
         "accuracy": accuracy,
         "zero_shot_accuracy": accuracy,
-        "test_size": len(test["labels"]),
-        "classes": len(test["classnames"]),
+        "test_size": len(test.labels),
+        "classes": len(test.classnames),
         "template": template,
         "coop_prompts": coop_prompts,
+        "preprocessing": transform.describe(),
         "retention": {},
         "mean_retention": None,
         "trainable_parameters": 0,
@@ -180,19 +185,21 @@ def evaluate_zero_shot(
         "config": settings,
         "config_hash": config_hash(settings),
         "split_hash": split_sha256,
-        "data": {"root": str(dataset.root), "split_file": str(dataset.split_file)},
+        "data": _data_record(dataset),
     }
     write_json(out, metrics)
-    log.info("zero-shot %s: %.2f%% on %d test images", dataset.name, accuracy, len(test["labels"]))
+    log.info("zero-shot %s: %.2f%% on %d test images", dataset.name, accuracy, len(test.labels))
     return metrics
 
 
-def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str, Any]:
+def _read_zero_shot_run(path: Path, base_sha256: str, template: str, transform: EvalTransform) -> dict[str, Any]:
     try:
         run = json.loads(path.read_text())
         fields = (run["method"], run["backbone"]["weights_sha256"], run["template"], run["split_hash"])
         method, run_sha256, run_template, split_hash = fields
         split_file, root = Path(run["data"]["split_file"]), Path(run["data"]["root"])
+        cache = Path(run["data"]["eval_cache"]) if run["data"]["eval_cache"] else None
+        preprocessing = run["config"]["preprocessing_sha256"]
     except FileNotFoundError:
         raise ComploraError(f"zero-shot run {path} does not exist; run `complora evaluate` for it first") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -206,9 +213,11 @@ def _read_zero_shot_run(path: Path, base_sha256: str, template: str) -> dict[str
         )
     if run_template != template:
         raise ComploraError(f"{path} used the prompt {run_template!r}, this run uses {template!r}; rerun it")
+    if preprocessing != transform.sha256:
+        raise ComploraError(f"{path} was evaluated with other image preprocessing than this model's; rerun it")
     if not split_file.is_file() or file_sha256(split_file) != split_hash:
         raise ComploraError(f"{path}: its split file {split_file} is missing or changed since; rerun the zero-shot run")
-    return {**run, "dataset_ref": DatasetRef(run["dataset"], root, split_file)}
+    return {**run, "dataset_ref": DatasetRef(run["dataset"], root, split_file, cache)}
 
 
 def train_and_evaluate(
@@ -218,6 +227,7 @@ def train_and_evaluate(
     device: str = "auto",
     checkpoint_every: int = 0,
     stop: StopSignals | None = None,
+    data: DataSettings | None = None,
 ) -> dict[str, Any]:
     """Few-shot training of ``spec.adapter`` on the k-shot split, then top-1 on the test split and zero-shot
     retention on every other dataset that has a zero-shot run. Writes ``adapter/`` and, last, metrics.json.
@@ -225,6 +235,7 @@ def train_and_evaluate(
     With ``checkpoint_every`` > 0, training keeps ``checkpoint.pt`` in ``out_dir`` (every that many steps and
     at the end) and a rerun of the same run resumes from it; it is removed once metrics.json is written."""
     start = time.perf_counter()
+    data = data or DataSettings()
     chosen = select_device(device)
     split = read_few_shot_split(spec.few_shot_file)
     dataset = spec.dataset
@@ -238,12 +249,12 @@ def train_and_evaluate(
         )
     if checkpoint_every < 0:
         raise ComploraError(f"--checkpoint-every {checkpoint_every}: must be 0 (no checkpoints) or more")
-    model, tokenizer, image_size = _load_backbone(spec.backbone, chosen)
+    model, tokenizer, transform = _load_backbone(spec.backbone, chosen)
     base_sha256 = weights_sha256(model)
     template = spec.settings.template
     references = {}
     for path in spec.zero_shot_runs:
-        run = _read_zero_shot_run(path, base_sha256, template)
+        run = _read_zero_shot_run(path, base_sha256, template, transform)
         references[run["dataset"]] = run
     if dataset.name not in references:
         raise ComploraError(f"no zero-shot run of {dataset.name} was given (--zero-shot); it is the gain's reference")
@@ -260,6 +271,7 @@ def train_and_evaluate(
         "backbone": {**asdict(spec.backbone), "weights_sha256": base_sha256},
         "adapter": adapter,
         "training": asdict(spec.settings),
+        "preprocessing_sha256": transform.sha256,
         "retention_datasets": sorted(name for name in references if name != dataset.name),
     }
     split_hash = file_sha256(spec.few_shot_file)
@@ -281,31 +293,32 @@ def train_and_evaluate(
     projector = load_projector(spec.projector) if spec.projector else None
     torch.manual_seed(spec.seed)  # the A initialisation
     inject(model, spec.adapter, projector)
-    images = load_images(dataset.root, split["train"], image_size)
+    images = TrainingImages(
+        dataset.root, split["train"], transform.size, memory_limit_mib=data.train_memory_limit_mib, threads=data.threads
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
     figures = finetune(
         model,
         tokenizer,
         images,
-        labels(split["train"]),
         split["classnames"],
         spec.settings,
         seed=spec.seed,
+        transform=transform,
         checkpointing=checkpointing,
         stop=stop,
     )
 
     eval_start = time.perf_counter()
-    test = _load_test(dataset, image_size)
-    accuracy = round(_top1(model, tokenizer, test, template), 2)
+    test = open_test_split(dataset, transform, data.threads)
+    accuracy = round(_top1(model, tokenizer, test, [template], transform, data)[0], 2)
     retention_accuracy, retention = {}, {}
     for name in settings["retention_datasets"]:
-        run = references[name]
-        other = _load_test(run["dataset_ref"], image_size)
-        value = _top1(model, tokenizer, other, template)
+        other = open_test_split(references[name]["dataset_ref"], transform, data.threads)
+        value = _top1(model, tokenizer, other, [template], transform, data)[0]
         retention_accuracy[name] = round(value, 2)
-        retention[name] = round(value - run["accuracy"], 2)
+        retention[name] = round(value - references[name]["accuracy"], 2)
     eval_seconds = time.perf_counter() - eval_start
 
     if stop:
@@ -321,9 +334,15 @@ def train_and_evaluate(
         "accuracy": accuracy,
         "zero_shot_accuracy": zero_shot,
         "gain": round(accuracy - zero_shot, 2),
-        "test_size": len(test["labels"]),
-        "classes": len(test["classnames"]),
+        "test_size": len(test.labels),
+        "classes": len(test.classnames),
         "template": template,
+        "preprocessing": transform.describe(),
+        "training_images": {
+            "count": len(images),
+            "decoded_mib": round(images.decoded_mib, 1),
+            "in_memory": images.in_memory,
+        },
         "retention": retention,
         "retention_accuracy": retention_accuracy,
         "mean_retention": round(sum(retention.values()) / len(retention), 2) if retention else None,
@@ -339,7 +358,7 @@ def train_and_evaluate(
         "config": settings,
         "config_hash": config_hash(settings),
         "split_hash": split_hash,
-        "data": {"root": str(dataset.root), "split_file": str(dataset.split_file), "few_shot": str(spec.few_shot_file)},
+        "data": {**_data_record(dataset), "few_shot": str(spec.few_shot_file)},
         "projector_sha256": projector_sha256,
     }
     write_json(out_dir / METRICS_FILE, metrics)

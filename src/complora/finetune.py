@@ -9,7 +9,6 @@ killed run resumes where it stopped and, on a CPU, ends exactly as an uninterrup
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -19,14 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch import nn
-from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 from .checkpoint import Checkpointing
+from .data.images import EvalTransform, normalize
+from .data.training import TrainingImages
 from .errors import ComploraError
-from .evaluation import DEFAULT_TEMPLATE, normalize_images
+from .evaluation import DEFAULT_TEMPLATE, tower_autocast
 from .stopping import StopSignals
 
 log = logging.getLogger(__name__)
@@ -52,32 +51,6 @@ class FinetuneSettings:
             )
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ComploraError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-
-
-def augment(images: torch.Tensor, crop_scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """RandomResizedCrop (bicubic, to the input size) and horizontal flip of uint8 (N, H, W, 3) images."""
-    batch = images.permute(0, 3, 1, 2)
-    size = list(batch.shape[-2:])
-    area = size[0] * size[1]
-    out = []
-    for image in batch:
-        # torchvision's RandomResizedCrop sampling, drawn from our generator so runs are reproducible.
-        for _ in range(10):
-            target = area * torch.empty(1).uniform_(*crop_scale, generator=generator).item()
-            log_ratio = torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).item()
-            width = round(math.sqrt(target * math.exp(log_ratio)))
-            height = round(math.sqrt(target / math.exp(log_ratio)))
-            if 0 < width <= size[1] and 0 < height <= size[0]:
-                top = int(torch.randint(0, size[0] - height + 1, (1,), generator=generator))
-                left = int(torch.randint(0, size[1] - width + 1, (1,), generator=generator))
-                break
-        else:
-            top, left, height, width = 0, 0, size[0], size[1]
-        crop = TF.resized_crop(image, top, left, height, width, size, InterpolationMode.BICUBIC, antialias=True)
-        if torch.rand(1, generator=generator).item() < 0.5:
-            crop = TF.horizontal_flip(crop)
-        out.append(crop)
-    return normalize_images(torch.stack(out).permute(0, 2, 3, 1))
 
 
 def _text_tower_trainable(model: nn.Module) -> bool:
@@ -144,16 +117,17 @@ def _restore(
 def finetune(
     model: nn.Module,
     tokenizer: Callable,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: TrainingImages,
     classnames: list[str],
     settings: FinetuneSettings,
     seed: int = 0,
     *,
+    transform: EvalTransform,
     checkpointing: Checkpointing | None = None,
     stop: StopSignals | None = None,
 ) -> dict[str, Any]:
     """Train the model's trainable parameters on the few-shot set; returns loss and timing figures.
+    Crops are normalised with ``transform``'s mean and std (the backbone's own).
 
     With ``checkpointing`` the run resumes from the checkpoint it finds (if it is this run's) and saves one
     every ``checkpointing.every`` steps and at the end; with ``stop``, a SIGTERM / SIGINT during a step
@@ -166,7 +140,8 @@ def finetune(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations, settings.min_learning_rate)
     tokens = tokenizer([settings.template.format(name) for name in classnames]).to(device)
     text_trainable = _text_tower_trainable(model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = tower_autocast(device)
+    labels = images.labels.to(device)
     if not text_trainable:
         with torch.no_grad(), autocast:
             fixed_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
@@ -194,11 +169,14 @@ def finetune(
                 loop.order, loop.position = torch.randperm(len(images), generator=generator), 0
             batch = loop.order[loop.position : loop.position + settings.batch_size]
             loop.position += settings.batch_size
-            inputs = augment(images[batch], settings.crop_scale, generator).to(device)
+            crops = images.crops(batch, settings.crop_scale, generator)
+            if device.type == "cuda":
+                crops = crops.pin_memory().to(device, non_blocking=True)
+            inputs = normalize(crops, transform.mean, transform.std)
             with autocast:
                 image_features = F.normalize(model.encode_image(inputs).float(), dim=-1)
                 text = F.normalize(model.encode_text(tokens).float(), dim=-1) if text_trainable else fixed_text
-                loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch].to(device))
+                loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch.to(device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

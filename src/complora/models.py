@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .errors import ComploraError
@@ -16,6 +18,9 @@ PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(PACKAGE_MODEL_CONFIGS)
 
 NO_WEIGHTS = "none"
+# The safetensors header key under which a weights artifact keeps its tag's image preprocessing: loaded from
+# a file, open_clip knows only the architecture's defaults, and a tag may differ from them (mean/std, resize).
+PREPROCESS_KEY = "open_clip_preprocess_cfg"
 UNKNOWN = "unknown"
 _ORIGIN_ATTRIBUTE = "complora_origin"
 
@@ -48,7 +53,11 @@ def load_clip(
         torch.manual_seed(seed)
         try:
             model = open_clip.create_model(
-                name, pretrained=weights, device=device, cache_dir=str(cache_dir) if cache_dir else None
+                name,
+                pretrained=weights,
+                device=device,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                force_preprocess_cfg=stored_preprocess_cfg(weights) if weights else None,
             )
         # open_clip and torch raise many exception types for a bad file, tag or download.
         except Exception as error:
@@ -58,6 +67,18 @@ def load_clip(
             ) from error
     setattr(model, _ORIGIN_ATTRIBUTE, {"model": name, "pretrained": pretrained})
     return model
+
+
+def stored_preprocess_cfg(pretrained: str) -> dict[str, Any] | None:
+    """The preprocessing a complora weights file records for its tag (None for other files and for tags)."""
+    if not pretrained.endswith(".safetensors") or not Path(pretrained).is_file():
+        return None
+    try:
+        with safe_open(pretrained, framework="pt") as handle:
+            stored = (handle.metadata() or {}).get(PREPROCESS_KEY)
+    except Exception:  # not a readable safetensors file: open_clip's own loading says why
+        return None
+    return json.loads(stored) if stored else None
 
 
 def model_origin(model: nn.Module) -> dict[str, Any]:

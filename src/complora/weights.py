@@ -7,6 +7,7 @@ minute) with the file to fetch elsewhere and how to point the config at it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ import open_clip
 from .atomic import write_json
 from .errors import ComploraError
 from .fingerprint import weights_sha256
-from .models import load_clip
+from .models import PREPROCESS_KEY, load_clip
 from .runinfo import package_versions, peak_rss_mib
 from .tensorfile import save_tensors
 
@@ -80,12 +81,14 @@ def fetch_weights(model: str, pretrained: str, out: str | os.PathLike[str], cach
         "pretrained": pretrained,
         "source": source,
         "weights_sha256": weights_sha256(clip),
+        "preprocess_cfg": json.loads(json.dumps(clip.visual.preprocess_cfg)),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "peak_rss_mib": peak_rss_mib(),
         "versions": package_versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / METADATA_FILE).unlink(missing_ok=True)  # metadata marks a finished artifact: written last
-    save_tensors(dict(clip.state_dict()), out / CHECKPOINT_FILE, {"format": "open_clip"})
+    header = {"format": "open_clip", PREPROCESS_KEY: json.dumps(clip.visual.preprocess_cfg, sort_keys=True)}
+    save_tensors(dict(clip.state_dict()), out / CHECKPOINT_FILE, header)
     write_json(out / METADATA_FILE, metadata)
     return metadata

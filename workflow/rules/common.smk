@@ -27,7 +27,8 @@ CODE = {
     "demo_pretrain": source_fingerprint("complora.demo.pretrain"),
     "dataset": source_fingerprint("complora.data.prepare"),
     "weights": source_fingerprint("complora.weights"),
-    "few_shot_split": source_fingerprint("complora.splitfile"),
+    "few_shot_split": source_fingerprint("complora.data.splits"),
+    "eval_cache": source_fingerprint("complora.data.evalcache", "complora.models"),
     "projector": source_fingerprint("complora.subspace"),
     "evaluate": source_fingerprint("complora.experiment"),
     "aggregate": source_fingerprint("complora.aggregate"),
@@ -49,6 +50,7 @@ PROJECTOR = f"resources/projectors/{BACKBONE_ID}.safetensors"
 CUSTOM = config["custom_datasets"]
 ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
+EVAL_CACHE = config["data"]["eval_cache"]
 TRAINING_GPUS = config["gpus_per_training_job"]
 ZERO_SHOT_GPUS = min(1, TRAINING_GPUS)
 
@@ -94,6 +96,19 @@ def retention_datasets(dataset):
     return [other for other in config["retention_datasets"] if other != dataset]
 
 
+def eval_cache_dir(dataset):
+    """The test split's evaluation cache: one per (dataset, backbone), whose preprocessing it holds."""
+    return f"resources/evalcache/{dataset}/{BACKBONE_ID}"
+
+
+def eval_caches(datasets):
+    return [eval_cache_dir(dataset) for dataset in datasets] if EVAL_CACHE else []
+
+
+def eval_cache_flag(dataset):
+    return f"--eval-cache {eval_cache_dir(dataset)}" if EVAL_CACHE else ""
+
+
 def zero_shot_metrics(dataset):
     return f"results/runs/{dataset}/{ZERO_SHOT}/metrics.json"
 
@@ -120,6 +135,7 @@ def train_inputs(wildcards):
         "model": MODEL_DIR,
         "split": f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json",
         "zero_shot": [zero_shot_metrics(d) for d in [wildcards.dataset, *retention_datasets(wildcards.dataset)]],
+        "eval_caches": eval_caches([wildcards.dataset, *retention_datasets(wildcards.dataset)]),
     }
     if wildcards.method == "complora":
         inputs["projector"] = PROJECTOR

@@ -5,6 +5,7 @@ rule zero_shot:
     input:
         data=lambda wildcards: dataset_dir(wildcards.dataset),
         model=MODEL_DIR,
+        eval_cache=lambda wildcards: eval_caches([wildcards.dataset]),
     output:
         zero_shot_metrics("{dataset}"),
     params:
@@ -15,10 +16,13 @@ rule zero_shot:
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
         template=config["prompt_template"],
         coop=lambda wildcards: coop_template_flags(wildcards.dataset),
+        eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(ZERO_SHOT_GPUS),
     threads: 1
     resources:
         gpu=ZERO_SHOT_GPUS,
+        # Runtime settings (a profile's set-resources may change them) that leave the results alone.
+        eval_batch_size=256,
     conda:
         "../envs/complora.yaml"
     log:
@@ -26,7 +30,8 @@ rule zero_shot:
     shell:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
-        " {params.coop} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        " {params.coop} {params.eval_cache} --eval-batch-size {resources.eval_batch_size} {params.device}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -48,13 +53,16 @@ rule train:
         zero_shot=lambda wildcards, input: " ".join(f"--zero-shot {path}" for path in input.zero_shot),
         projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(TRAINING_GPUS),
     threads: 1
     resources:
         gpu=TRAINING_GPUS,
-        # A runtime setting (a profile's set-resources may change it) that leaves the results alone, so it
-        # is no parameter: changing it reruns nothing.
+        # Runtime settings (a profile's set-resources may change them) that leave the results alone, so
+        # they are no parameters: changing them reruns nothing.
         checkpoint_every=100,
+        eval_batch_size=256,
+        train_memory_mib=2048,
     conda:
         "../envs/complora.yaml"
     log:
@@ -64,5 +72,7 @@ rule train:
         " --few-shot {input.split} --seed {wildcards.seed} --method {wildcards.method}"
         " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
         " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
+        " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"
+        " --train-memory-mib {resources.train_memory_mib}"
         " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
         " --out-dir {params.out_dir} > {log} 2>&1"

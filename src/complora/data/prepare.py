@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ import numpy as np
 from .. import __version__
 from ..atomic import default_permissions
 from ..errors import ComploraError
-from ..splitfile import SPLITS, Entry, file_sha256, read_split
 from .download import download
+from .images import image_path, open_image
 from .registry import DatasetSpec
+from .splits import SPLITS, Entry, file_sha256, read_split
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CUSTOM_FRACTIONS = (0.5, 0.2, 0.3)  # train / val / test of an image folder without a split file
@@ -57,9 +59,26 @@ def _count_problems(spec: DatasetSpec, splits: dict[str, list[Entry]]) -> list[s
     return problems
 
 
-def _finish(spec: DatasetSpec, staging: Path, splits: dict[str, list[Entry]], out: Path, source: dict) -> Path:
-    """Check the split against the images and the expected counts, write it, and move staging onto ``out``."""
+def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decode: bool) -> None:
+    """Every listed path stays inside ``images``; with ``decode``, every listed file decodes as a whole image."""
+    paths = sorted({path for items in splits.values() for path, _, _ in items})
+    try:
+        resolved = [image_path(images, path) for path in paths]
+        if decode:
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                for _ in pool.map(open_image, resolved):
+                    pass
+    except ComploraError as error:
+        raise ComploraError(f"{name}: {error}") from None
+
+
+def _finish(
+    spec: DatasetSpec, staging: Path, splits: dict[str, list[Entry]], out: Path, source: dict, decode: bool = False
+) -> Path:
+    """Check the split against the images and the expected counts, write it, and move staging onto ``out``.
+    With ``decode``, every image is decoded once too (a user's folder may hold anything)."""
     images = staging / "images"
+    _check_images(spec.name, images, splits, decode)
     missing = [path for items in splits.values() for path, _, _ in items if not (images / path).is_file()]
     if missing:
         raise ComploraError(
@@ -326,6 +345,6 @@ def prepare_custom(
         (staging / "images").symlink_to(images, target_is_directory=True)
         source = {"kind": "custom", "images": str(images), "split_file": str(split_file) if split_file else None,
                   "seed": None if split_file else seed}  # fmt: skip
-        return _finish(spec, staging, splits, out, source)
+        return _finish(spec, staging, splits, out, source, decode=True)
 
     return _staged(out, build)

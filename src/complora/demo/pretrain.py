@@ -24,13 +24,14 @@ import torch
 from tqdm import tqdm
 
 from complora.atomic import write_json
+from complora.data.images import EvalTransform, image_path, normalize
+from complora.data.splits import classnames, read_split
+from complora.data.testset import ArrayPixels, TestSplit
 from complora.errors import ComploraError
-from complora.evaluation import DEFAULT_TEMPLATE, normalize_images, zero_shot_accuracy
+from complora.evaluation import DEFAULT_TEMPLATE, zero_shot_accuracies
 from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
-from complora.splitdata import labels, load_images
-from complora.splitfile import classnames, read_split
 from complora.tensorfile import save_tensors
 
 from .datasets import WORLD_VERSION
@@ -136,23 +137,23 @@ def read_world(world: Path, image_size: int) -> dict[str, Any]:
     return {**manifest, "sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest()}
 
 
-def load_test_sets(world: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every task's test split in memory: uint8 images, labels and class names."""
+def load_test_sets(world: Path, manifest: dict[str, Any], transform: EvalTransform) -> dict[str, TestSplit]:
+    """Every task's test split, its preprocessed pixels in memory (the world is small)."""
     tests = {}
     for task in manifest["tasks"]:
         entries = read_split(world / task / "split.json")["test"]
-        tests[task] = {
-            "images": load_images(world / task, entries, manifest["sizes"]["image_size"]),
-            "labels": labels(entries),
-            "classnames": classnames(entries),
-        }
+        pixels = np.stack([transform.load(image_path(world / task, relpath)) for relpath, _, _ in entries])
+        labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
+        tests[task] = TestSplit(task, labels, classnames(entries), ArrayPixels(pixels))
     return tests
 
 
-def zero_shot_top1(model: torch.nn.Module, tokenizer: Any, tests: dict[str, dict[str, Any]]) -> dict[str, float]:
+def zero_shot_top1(
+    model: torch.nn.Module, tokenizer: Any, tests: dict[str, TestSplit], transform: EvalTransform
+) -> dict[str, float]:
     """Zero-shot top-1 (%) of every task in ``tests`` with the default prompt, rounded to 2 decimals."""
     return {
-        task: round(zero_shot_accuracy(model, tokenizer, test["images"], test["labels"], test["classnames"]), 2)
+        task: round(zero_shot_accuracies(model, tokenizer, test, [DEFAULT_TEMPLATE], transform)[0], 2)
         for task, test in tests.items()
     }
 
@@ -179,8 +180,9 @@ def pretrain(
     model = load_clip(ARCHITECTURE, "none", seed=seed)
     image_size = model.visual.image_size[0]
     manifest = read_world(world, image_size)
-    tests = load_test_sets(world, manifest)
-    excluded = {_pixels_sha256(image.numpy()) for test in tests.values() for image in test["images"]}
+    transform = EvalTransform.for_model(model)
+    tests = load_test_sets(world, manifest, transform)
+    excluded = {_pixels_sha256(image) for test in tests.values() for image in test.pixels.pixels}
     pool, scenes, dropped = build_pool(seed, settings.pool_size, image_size, excluded)
     data_seconds = time.perf_counter() - start
 
@@ -194,7 +196,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, settings)
         batch = rng.choice(len(pool), size=settings.batch_size, replace=False)
-        images = normalize_images(torch.from_numpy(pool[batch]))
+        images = normalize(torch.from_numpy(pool[batch]), transform.mean, transform.std)
         texts = tokenizer([caption(scenes[i], rng) for i in batch])
         image_features, text_features, logit_scale = model(images, texts)
         loss = loss_fn(image_features, text_features, logit_scale)
@@ -209,8 +211,8 @@ def pretrain(
     model.eval()
     train_seconds = time.perf_counter() - start - data_seconds
 
-    accuracy = zero_shot_top1(model, tokenizer, tests)
-    chance = {task: 100.0 / len(test["classnames"]) for task, test in tests.items()}
+    accuracy = zero_shot_top1(model, tokenizer, tests, transform)
+    chance = {task: 100.0 / len(test.classnames) for task, test in tests.items()}
     metadata = {
         "architecture": ARCHITECTURE,
         "seed": seed,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from complora.cli import main
+from complora.data.splits import few_shot_split, read_few_shot_split, sample_few_shot, write_few_shot_split
 from complora.errors import ComploraError
-from complora.splitfile import few_shot_split, read_few_shot_split, sample_few_shot, write_few_shot_split
 
 
 @pytest.fixture

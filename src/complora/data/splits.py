@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import ComploraError
+from ..atomic import atomic_path
+from ..errors import ComploraError
 
 SPLITS = ("train", "val", "test")
 Entry = tuple[str, int, str]

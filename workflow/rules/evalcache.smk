@@ -1,0 +1,25 @@
+# Evaluation caches: each test split decoded once, by open_clip's evaluation transform for the backbone,
+# into uint8 pixels that every zero-shot and training job on that dataset streams from.
+
+
+rule eval_cache:
+    input:
+        data=lambda wildcards: dataset_dir(wildcards.dataset),
+        model=MODEL_DIR,
+    output:
+        directory(eval_cache_dir("{dataset}")),
+    params:
+        code=CODE["eval_cache"],
+        model=BACKBONE,
+        checkpoint=CHECKPOINT,
+        root=lambda wildcards: dataset_root(wildcards.dataset),
+        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+    # Decoding threads; capped by --cores locally, a profile's set-threads on a cluster.
+    threads: 8
+    conda:
+        "../envs/complora.yaml"
+    log:
+        "logs/evalcache/{dataset}.log",
+    shell:
+        "complora eval-cache --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
+        " --model {params.model} --pretrained {params.checkpoint} --threads {threads} --out {output} > {log} 2>&1"
