@@ -21,14 +21,16 @@ from helpers import TRANSFORM_32, image_set
 
 
 @pytest.fixture
-def problem(tmp_path: Path) -> tuple[TrainingImages, list[str]]:
-    """Three classes of 32x32 images told apart by their dominant colour channel, four shots each."""
+def problem(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[TrainingImages, list[str]]:
+    """Three classes of 32x32 images told apart by their dominant colour channel, four shots each
+    (``TrainingImages`` options by indirect parametrisation)."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 60, (12, 32, 32, 3), generator=generator, dtype=torch.uint8)
     labels = torch.arange(3).repeat(4)
     for index, label in enumerate(labels):
         images[index, ..., label] += 180
-    return image_set(tmp_path / "images", images, labels), ["red", "green", "blue"]
+    options = getattr(request, "param", {})
+    return image_set(tmp_path / "images", images, labels, **options), ["red", "green", "blue"]
 
 
 def _adapted(make_tiny, towers=("vision", "text")):
@@ -84,8 +86,13 @@ def _sigterm_on_call(module: torch.nn.Module, call: int) -> None:
     module.register_forward_hook(hook)
 
 
-def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(make_tiny, problem, tmp_path: Path):
+@pytest.mark.parametrize("problem", [{}, {"memory_limit_mib": 0}], ids=["in-memory", "decoded-per-batch"],
+                         indirect=True)  # fmt: skip
+def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
+    make_tiny, problem, tmp_path: Path, request: pytest.FixtureRequest
+):
     images, names = problem
+    assert images.in_memory == (request.node.callspec.id == "in-memory")
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=12, batch_size=4, learning_rate=5e-3)
     whole = _adapted(make_tiny)

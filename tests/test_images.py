@@ -4,6 +4,7 @@ one clear error per broken file, and the evaluation cache."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_evaluation_pixels_are_open_clips_preprocess_val(vit_b16, awkward: dict[
     transform = EvalTransform.for_model(model)
     assert transform.size == (224, 224) and transform.describe()["pixel_stages"][0].startswith("Resize(size=224")
     for name, path in awkward.items():
-        ours = normalize(torch.from_numpy(transform.load(path))[None], transform.mean, transform.std)[0]
+        ours = normalize(torch.from_numpy(transform.load(path))[None], *transform.normalization())[0]
         # Bit for bit: PIL's stages give uint8 either way, and ToTensor + Normalize are the same float ops.
         assert torch.equal(ours, preprocess_val(Image.open(path))), name
 
@@ -100,6 +101,8 @@ def _stream(cache: dict, transform: EvalTransform | None = None) -> list[np.ndar
     ("damage", "message"),
     [
         ("flip a pixel", "corrupt"),
+        ("damage the header", "header is damaged"),
+        ("other image libraries", "other image libraries"),
         ("truncate", "shorter|bytes"),
         ("drop the manifest", "unfinished build"),
         ("change the split file", "another version of"),
@@ -112,6 +115,14 @@ def test_a_damaged_or_mismatched_cache_is_removed_and_never_used(small_cache: di
         data = bytearray(pixels.read_bytes())
         data[-5] ^= 0xFF
         pixels.write_bytes(bytes(data))
+    elif damage == "damage the header":
+        data = bytearray(pixels.read_bytes())
+        data[0] ^= 0xFF
+        pixels.write_bytes(bytes(data))
+    elif damage == "other image libraries":
+        manifest = json.loads((small_cache["cache"] / MANIFEST_FILE).read_text())
+        manifest["versions"]["pillow"] = "9.0.0"
+        (small_cache["cache"] / MANIFEST_FILE).write_text(json.dumps(manifest))
     elif damage == "truncate":
         pixels.write_bytes(pixels.read_bytes()[:-100])
     elif damage == "drop the manifest":
@@ -124,6 +135,20 @@ def test_a_damaged_or_mismatched_cache_is_removed_and_never_used(small_cache: di
     with pytest.raises(ComploraError, match=message):
         _stream(small_cache, transform)
     assert not small_cache["cache"].exists(), "removed, so that the next run rebuilds it"
+
+
+def test_a_folder_that_is_no_cache_is_never_deleted(small_cache: dict, tmp_path: Path):
+    project = tmp_path / "thesis"
+    project.mkdir()
+    (project / "thesis.tex").write_text("years of work")
+    with pytest.raises(ComploraError, match=r"not a cache folder.*left alone"):
+        open_eval_cache(project, small_cache["split_file"], small_cache["transform"])
+    entries = [("small.png", 0, "a")]
+    with pytest.raises(ComploraError, match="is not an evaluation cache"):
+        build_eval_cache(
+            "x", small_cache["root"], small_cache["split_file"], entries, small_cache["transform"], project
+        )
+    assert (project / "thesis.tex").read_text() == "years of work"
 
 
 def test_an_intact_cache_streams_in_batches_of_the_asked_size(small_cache: dict):
@@ -161,6 +186,43 @@ def test_training_crops_come_from_the_original_image(awkward: dict[str, Path]):
                                    InterpolationMode.BICUBIC, antialias=True)  # fmt: skip
         expected = TF.horizontal_flip(expected) if crop.flip else expected
         assert torch.equal(crops[index], expected.permute(1, 2, 0)), name
+
+
+def _augment_before_the_data_package(images: torch.Tensor, crop_scale, generator) -> torch.Tensor:
+    """finetune.augment as it was before training crops came from originals (uint8 NHWC at the model size)."""
+    batch = images.permute(0, 3, 1, 2)
+    size = list(batch.shape[-2:])
+    area = size[0] * size[1]
+    out = []
+    for image in batch:
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*crop_scale, generator=generator).item()
+            log_ratio = torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).item()
+            width = round(math.sqrt(target * math.exp(log_ratio)))
+            height = round(math.sqrt(target / math.exp(log_ratio)))
+            if 0 < width <= size[1] and 0 < height <= size[0]:
+                top = int(torch.randint(0, size[0] - height + 1, (1,), generator=generator))
+                left = int(torch.randint(0, size[1] - width + 1, (1,), generator=generator))
+                break
+        else:
+            top, left, height, width = 0, 0, size[0], size[1]
+        crop = TF.resized_crop(image, top, left, height, width, size, InterpolationMode.BICUBIC, antialias=True)
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop = TF.horizontal_flip(crop)
+        out.append(crop)
+    return torch.stack(out).permute(0, 2, 3, 1)
+
+
+def test_square_images_at_the_model_size_get_the_crops_they_always_got(tmp_path: Path):
+    """What keeps the demo's published tables: its images are 32x32, the model's size."""
+    from helpers import image_set
+
+    images = torch.randint(0, 256, (6, 32, 32, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    training = image_set(tmp_path / "square", images, torch.arange(6) % 2)
+    order = torch.tensor([4, 1, 5, 0, 2, 3])
+    ours = training.crops(order, (0.08, 1.0), torch.Generator().manual_seed(9))
+    before = _augment_before_the_data_package(images[order], (0.08, 1.0), torch.Generator().manual_seed(9))
+    assert torch.equal(ours, before)
 
 
 def test_crops_are_the_same_in_memory_or_decoded_per_batch_and_repeat_by_seed(awkward: dict[str, Path]):

@@ -11,9 +11,13 @@ import re
 import shutil
 from pathlib import Path
 
+import open_clip
 import pytest
+import torch
 import yaml
+from PIL import Image
 
+import complora.models  # noqa: F401  (registers demo-vit-tiny with open_clip)
 from complora.data.splits import few_shot_split
 from dataset_fixtures import build_fixture, jpeg, serve
 from workflow_project import REDUCED, ROOT, make_project, run
@@ -175,7 +179,8 @@ def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
     assert result.returncode == 0, output[-3000:]
     grid = 11 * 5 * 3
     assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": grid, "projector": 1,
-                                  "zero_shot": 11, "train": 2 * grid, "aggregate": 1, "all": 1}  # fmt: skip
+                                  "eval_cache": 11, "zero_shot": 11, "train": 2 * grid, "aggregate": 1,
+                                  "all": 1}  # fmt: skip
     gpu_jobs = re.findall(r"^rule (\w+):(?:\n    .*)*\n    resources: .*gpu=1", output, re.MULTILINE)
     assert sorted(gpu_jobs) == ["train"] * 2 * grid + ["zero_shot"] * 11, "training and zero-shot jobs, only"
 
@@ -217,3 +222,60 @@ def test_missing_imagenet_stops_the_run_with_the_layout_to_create(tmp_path: Path
         "the layout is on the console, not only in the log"
     )
     assert "set data.root" in output and not (project / "resources/data/ImageNet").exists()
+
+
+def _non_square_copies(world: Path, out: Path) -> None:
+    """The demo's shapes as JPEG photos of other sizes and aspect ratios (landscape, portrait, small), padded
+    with their own background so the shape stays in the centre crop."""
+    split = json.loads((world / "demo_shapes" / "split.json").read_text())
+    sizes = [(64, 48), (48, 64), (40, 30), (75, 100)]
+    for index, (relpath, _, name) in enumerate(split["train"] + split["val"] + split["test"]):
+        image = Image.open(world / "demo_shapes" / relpath).convert("RGB")
+        width, height = sizes[index % len(sizes)]
+        scaled = image.resize((min(width, height),) * 2, Image.BICUBIC)
+        canvas = Image.new("RGB", (width, height), scaled.getpixel((0, 0)))
+        canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
+        (out / name).mkdir(parents=True, exist_ok=True)
+        canvas.save(out / name / f"{index}.jpg", quality=92)
+
+
+@torch.no_grad()
+def _plain_open_clip_accuracy(project: Path, dataset: str) -> float:
+    """Zero-shot top-1 the way an open_clip user computes it: preprocess_val on each file, one batch."""
+    checkpoint = project / "resources/models/demo-vit-tiny/open_clip_model.safetensors"
+    model, _, preprocess_val = open_clip.create_model_and_transforms("demo-vit-tiny", pretrained=str(checkpoint))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("demo-vit-tiny")
+    test = json.loads((project / f"resources/data/{dataset}/split.json").read_text())["test"]
+    folder = project / f"resources/data/{dataset}/images"
+    images = torch.stack([preprocess_val(Image.open(folder / relpath)) for relpath, _, _ in test])
+    names = [name for _, name in sorted({(label, name) for _, label, name in test})]
+    texts = tokenizer([f"a photo of a {name}." for name in names])
+    image_features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    text_features = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
+    predictions = (image_features @ text_features.T).argmax(dim=-1)
+    return 100.0 * (predictions == torch.tensor([label for _, label, _ in test])).float().mean().item()
+
+
+def test_non_square_images_get_open_clips_zero_shot_accuracy_through_the_pipeline(demo: Path, tmp_path: Path):
+    project = tmp_path / "project"
+    shutil.copytree(demo, project, symlinks=True)
+    _non_square_copies(project / "resources/data/demo_world", tmp_path / "photos")
+    extra = {"datasets": ["photos"], "retention_datasets": ["photos"], "methods": ["zeroshot"],
+             "custom_datasets": {"photos": {"images": str(tmp_path / "photos")}}}  # fmt: skip
+    (project / "photos.yaml").write_text(yaml.safe_dump(extra))
+    target = "results/runs/photos/zeroshot/metrics.json"
+    result = run(project, "snakemake", "--cores", "2", "--configfile", "config.yaml", "photos.yaml", "--", target)
+    assert result.returncode == 0, result.stderr[-5000:]
+    metrics = json.loads((project / target).read_text())
+    cache = project / metrics["data"]["eval_cache"]
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["count"] == metrics["test_size"] > 20 and manifest["shape"][1:] == [32, 32, 3]
+    expected = _plain_open_clip_accuracy(project, "photos")
+    assert metrics["accuracy"] == round(expected, 2), (metrics["accuracy"], expected)
+
+    (project / "photos.yaml").write_text(yaml.safe_dump({**extra, "data": {"eval_cache": False}}))
+    result = run(project, "snakemake", "--cores", "2", "--configfile", "config.yaml", "photos.yaml", "--", target)
+    assert result.returncode == 0, result.stderr[-5000:]
+    decoded = json.loads((project / target).read_text())
+    assert decoded["data"]["eval_cache"] is None and decoded["accuracy"] == metrics["accuracy"]

@@ -55,13 +55,14 @@ def top1_accuracies(
     device = next(model.parameters()).device
     labels = test.labels.to(device)
     correct = [torch.zeros((), dtype=torch.long, device=device) for _ in classifiers]
+    mean, std = transform.normalization(device)
     start = 0
     for array in test.pixels.batches(batch_size):
         batch = torch.from_numpy(array)
         if device.type == "cuda":
             batch = batch.pin_memory().to(device, non_blocking=True)
         with tower_autocast(device):
-            encoded = model.encode_image(normalize(batch, transform.mean, transform.std))
+            encoded = model.encode_image(normalize(batch, mean, std))
         features = F.normalize(encoded.float(), dim=-1)
         expected = labels[start : start + len(array)]
         for index, classifier in enumerate(classifiers):

@@ -293,6 +293,11 @@ def train_and_evaluate(
     projector = load_projector(spec.projector) if spec.projector else None
     torch.manual_seed(spec.seed)  # the A initialisation
     inject(model, spec.adapter, projector)
+    # Every test split is opened (its cache checked) before training, so a missing or stale one stops the job
+    # now, not after hours of training.
+    tests = {dataset.name: open_test_split(dataset, transform, data.threads)}
+    for name in settings["retention_datasets"]:
+        tests[name] = open_test_split(references[name]["dataset_ref"], transform, data.threads)
     images = TrainingImages(
         dataset.root, split["train"], transform.size, memory_limit_mib=data.train_memory_limit_mib, threads=data.threads
     )
@@ -311,12 +316,11 @@ def train_and_evaluate(
     )
 
     eval_start = time.perf_counter()
-    test = open_test_split(dataset, transform, data.threads)
+    test = tests[dataset.name]
     accuracy = round(_top1(model, tokenizer, test, [template], transform, data)[0], 2)
     retention_accuracy, retention = {}, {}
     for name in settings["retention_datasets"]:
-        other = open_test_split(references[name]["dataset_ref"], transform, data.threads)
-        value = _top1(model, tokenizer, other, [template], transform, data)[0]
+        value = _top1(model, tokenizer, tests[name], [template], transform, data)[0]
         retention_accuracy[name] = round(value, 2)
         retention[name] = round(value - references[name]["accuracy"], 2)
     eval_seconds = time.perf_counter() - eval_start

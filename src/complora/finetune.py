@@ -9,7 +9,6 @@ killed run resumes where it stopped and, on a CPU, ends exactly as an uninterrup
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,13 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import Checkpointing
 from .data.images import EvalTransform, normalize
 from .data.training import TrainingImages
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, tower_autocast
+from .progress import progress_bar
 from .stopping import StopSignals
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,7 @@ def finetune(
     text_trainable = _text_tower_trainable(model)
     autocast = tower_autocast(device)
     labels = images.labels.to(device)
+    mean, std = transform.normalization(device)
     if not text_trainable:
         with torch.no_grad(), autocast:
             fixed_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
@@ -158,11 +158,7 @@ def finetune(
 
     model.train()
     session_start = time.perf_counter()
-    # Into a log file (a workflow job), a progress line every 10 s is enough; a terminal gets a live bar.
-    refresh = 0.1 if sys.stderr.isatty() else 10.0
-    progress = tqdm(
-        total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False, mininterval=refresh
-    )
+    progress = progress_bar(total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False)
     with progress, stop.protected() if stop else nullcontext():
         while loop.step < settings.iterations and not (stop and stop.requested):
             if loop.position + settings.batch_size > len(loop.order):
@@ -172,11 +168,14 @@ def finetune(
             crops = images.crops(batch, settings.crop_scale, generator)
             if device.type == "cuda":
                 crops = crops.pin_memory().to(device, non_blocking=True)
-            inputs = normalize(crops, transform.mean, transform.std)
+            inputs = normalize(crops, mean, std)
             with autocast:
-                image_features = F.normalize(model.encode_image(inputs).float(), dim=-1)
-                text = F.normalize(model.encode_text(tokens).float(), dim=-1) if text_trainable else fixed_text
-                loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch.to(device)])
+                image_features = model.encode_image(inputs)
+                text = model.encode_text(tokens) if text_trainable else fixed_text
+            # The towers under autocast, the classifier (logits and loss) in float32.
+            image_features = F.normalize(image_features.float(), dim=-1)
+            text = F.normalize(text.float(), dim=-1) if text_trainable else text
+            loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch.to(device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,6 +1,7 @@
 # The experiment grid and paths, computed once from the checked config.
 import re
 import shlex
+from importlib.metadata import version
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -51,6 +52,9 @@ CUSTOM = config["custom_datasets"]
 ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
 EVAL_CACHE = config["data"]["eval_cache"]
+# The libraries that decide decoded pixels (read from the installed metadata: no torch import here); a new
+# version rebuilds the evaluation caches.
+IMAGE_LIBRARIES = {name: version(name) for name in ("pillow", "torchvision", "open_clip_torch")}
 TRAINING_GPUS = config["gpus_per_training_job"]
 ZERO_SHOT_GPUS = min(1, TRAINING_GPUS)
 

@@ -10,6 +10,7 @@ rule eval_cache:
         directory(eval_cache_dir("{dataset}")),
     params:
         code=CODE["eval_cache"],
+        libraries=IMAGE_LIBRARIES,
         model=BACKBONE,
         checkpoint=CHECKPOINT,
         root=lambda wildcards: dataset_root(wildcards.dataset),

@@ -3,20 +3,19 @@
 ``<cache>/pixels.npy`` holds (N, H, W, 3) uint8 in the split file's test order, after resize and crop and
 before normalisation (a plain ``.npy``: ``numpy.load(..., mmap_mode="r")`` maps it); ``<cache>/manifest.json``
 holds what it was made from (split-file sha256, the transform's description and hash), its count, shape
-and content sha256, and the versions that decided the pixels. The folder is built beside its final place
-and renamed into it, so a killed build leaves nothing that looks finished. A reader checks the manifest
-against what it needs and hashes the pixels as it streams them: a mismatched or corrupt cache is removed
-(the next run rebuilds it) and its results are thrown away, never reported.
+and content sha256, and the versions of the libraries that decided the pixels. The folder is built beside
+its final place and renamed into it, so a killed build leaves nothing that looks finished. A reader checks
+the manifest against what it needs and hashes the pixels as it streams them: a mismatched or corrupt cache
+is removed (the next run rebuilds it) and its results are thrown away, never reported.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,20 +23,20 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import __version__
 from ..atomic import default_permissions
 from ..errors import ComploraError
+from ..progress import progress_bar
 from .images import EvalTransform, image_path, library_versions
 from .splits import Entry, file_sha256
 
 PIXELS_FILE = "pixels.npy"
 MANIFEST_FILE = "manifest.json"
+CACHE_FILES = {PIXELS_FILE, MANIFEST_FILE}
 FORMAT = "complora-eval-cache"
 FORMAT_VERSION = 1
 READ_BLOCK = 1 << 24
-log = logging.getLogger(__name__)
 
 
 def decode_all(
@@ -61,6 +60,11 @@ def decode_all(
             yield array
 
 
+def _is_cache_folder(path: Path) -> bool:
+    """Only a folder that holds nothing but a cache's files is ever deleted as a cache."""
+    return path.is_dir() and set(os.listdir(path)) <= CACHE_FILES
+
+
 def build_eval_cache(
     dataset: str,
     root: str | os.PathLike[str],
@@ -74,6 +78,8 @@ def build_eval_cache(
     if not entries:
         raise ComploraError(f"split file {split_file}: the 'test' list is empty; there is nothing to cache")
     out = Path(out)
+    if out.exists() and not _is_cache_folder(out):
+        raise ComploraError(f"--out {out} exists and is not an evaluation cache; choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.staging-*"):  # left by a killed build
         shutil.rmtree(stale, ignore_errors=True)
@@ -81,17 +87,16 @@ def build_eval_cache(
     default_permissions(staging, directory=True)
     try:
         shape = (len(entries), *transform.size, 3)
-        pixels = np.lib.format.open_memmap(staging / PIXELS_FILE, mode="w+", dtype=np.uint8, shape=shape)
-        refresh = 0.1 if sys.stderr.isatty() else 10.0
-        decoded = tqdm(
-            decode_all(root, entries, transform, threads), total=len(entries), desc=f"caching {dataset}",
-            mininterval=refresh,
-        )  # fmt: skip
-        for index, array in enumerate(decoded):
-            pixels[index] = array
-        pixels.flush()
-        del pixels
-        with open(staging / PIXELS_FILE, "rb") as handle:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        digest = hashlib.sha256(header.getvalue())
+        with open(staging / PIXELS_FILE, "wb") as handle:
+            handle.write(header.getvalue())
+            decoded = decode_all(root, entries, transform, threads)
+            for array in progress_bar(decoded, total=len(entries), desc=f"caching {dataset}"):
+                handle.write(array.data)
+                digest.update(array)
+            handle.flush()
             os.fsync(handle.fileno())
         manifest = {
             "format": FORMAT,
@@ -103,17 +108,32 @@ def build_eval_cache(
             "shape": list(shape),
             "dtype": "uint8",
             "bytes": (staging / PIXELS_FILE).stat().st_size,
-            "content_sha256": file_sha256(staging / PIXELS_FILE),
+            "content_sha256": digest.hexdigest(),
             "versions": {"complora": __version__, **library_versions()},
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        # The old cache is renamed aside first: readers never see a half-replaced folder.
+        retired = out.parent / f".{out.name}.staging-retired-{staging.name}"
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, retired)
         os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
+
+
+def _refuse(path: Path, why: str) -> NoReturn:
+    removed = _is_cache_folder(path)
+    if removed:
+        shutil.rmtree(path, ignore_errors=True)
+    then = (
+        "It was removed and nothing was reported from it; rerun (snakemake rebuilds it, or `complora eval-cache`)"
+        if removed
+        else "It is not a cache folder (it holds other files), so it was left alone; check --eval-cache"
+    )
+    raise ComploraError(f"evaluation cache {path}: {why}. {then}")
 
 
 class CachedPixels:
@@ -129,18 +149,28 @@ class CachedPixels:
         return self.shape[0]
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        pixels_file = self.path / PIXELS_FILE
-        digest = hashlib.sha256()
+        try:
+            yield from self._read(batch_size)
+        except OSError as error:
+            raise ComploraError(
+                f"evaluation cache {self.path} could not be read ({error}); rerun to rebuild it"
+            ) from None
+
+    def _read(self, batch_size: int) -> Iterator[np.ndarray]:
         item = int(np.prod(self.shape[1:]))
-        with open(pixels_file, "rb") as handle:
-            major, _ = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            header_shape, _, dtype = read_header(handle)
+        with open(self.path / PIXELS_FILE, "rb") as handle:
+            try:
+                major, _ = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                header_shape, _, dtype = read_header(handle)
+            # numpy reports a damaged header with ValueError, SyntaxError or a tokenizer error.
+            except Exception as error:
+                _refuse(self.path, f"its pixel file's header is damaged ({type(error).__name__}: {error})")
             if tuple(header_shape) != self.shape or dtype != np.uint8:
                 _refuse(self.path, f"its array is {dtype} {tuple(header_shape)}, the manifest says uint8 {self.shape}")
             offset = handle.tell()
             handle.seek(0)
-            digest.update(handle.read(offset))
+            digest = hashlib.sha256(handle.read(offset))
             for start in range(0, len(self), batch_size):
                 count = min(batch_size, len(self) - start)
                 batch = np.empty((count, *self.shape[1:]), dtype=np.uint8)
@@ -154,25 +184,16 @@ class CachedPixels:
             _refuse(self.path, "its pixels do not match the content sha256 in its manifest (corrupt)")
 
 
-def _refuse(path: Path, why: str) -> NoReturn:
-    shutil.rmtree(path, ignore_errors=True)
-    raise ComploraError(
-        f"evaluation cache {path}: {why}. It was removed and nothing was reported from it; rerun (snakemake "
-        "rebuilds it, or `complora eval-cache`)"
-    )
-
-
 def open_eval_cache(
     path: str | os.PathLike[str], split_file: str | os.PathLike[str], transform: EvalTransform
 ) -> CachedPixels:
-    """The cache at ``path`` if it was made from ``split_file`` with ``transform``; otherwise it is removed and
-    the error says what differed."""
+    """The cache at ``path`` if it was made from ``split_file`` with ``transform`` and today's image libraries;
+    otherwise it is removed and the error says what differed."""
     path = Path(path)
-    manifest_file = path / MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_file.read_text())
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
         made_from = (manifest["format"], manifest["split_file"]["sha256"], manifest["transform"]["sha256"])
-        shape, size = tuple(manifest["shape"]), int(manifest["bytes"])
+        shape, size, versions = tuple(manifest["shape"]), int(manifest["bytes"]), manifest["versions"]
     except FileNotFoundError:
         if not path.exists():
             raise ComploraError(
@@ -192,6 +213,9 @@ def open_eval_cache(
             f"it holds pixels of another transform ({manifest['transform'].get('pixel_stages')}, "
             f"{made_from[2][:12]}) than this model's ({transform.describe()['pixel_stages']}, {transform.sha256[:12]})",
         )
+    changed = {name: (versions.get(name), now) for name, now in library_versions().items() if versions.get(name) != now}
+    if changed:
+        _refuse(path, f"it was decoded by other image libraries than today's ({changed}: made with, now)")
     if shape[1:] != (*transform.size, 3) or not (path / PIXELS_FILE).is_file():
         _refuse(path, f"its shape {shape} is not (N, {', '.join(map(str, transform.size))}, 3) or its pixels are gone")
     if (path / PIXELS_FILE).stat().st_size != size:

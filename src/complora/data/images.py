@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,21 +48,40 @@ def image_path(root: str | os.PathLike[str], relpath: str) -> Path:
     return resolved
 
 
+FIX = "replace or remove the file (and its entry in the split file), then prepare the dataset again"
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """One clear error for any way an image file can fail to read."""
+    try:
+        if path.stat().st_size == 0:
+            raise ComploraError(f"image {path} is an empty file; {FIX}")
+        yield
+    except ComploraError:
+        raise
+    except FileNotFoundError:
+        raise ComploraError(f"image {path} does not exist; the dataset folder is incomplete: {FIX}") from None
+    # PIL's decoders fail with many exception types (OSError, SyntaxError, ValueError, EOFError, struct.error,
+    # zlib.error, DecompressionBombError, ...) depending on the format and the damage.
+    except Exception as error:
+        raise ComploraError(f"image {path} cannot be decoded ({type(error).__name__}: {error}); {FIX}") from None
+
+
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """The decoded image, as stored (any PIL mode), with one clear error for a file that is not a whole image."""
     path = Path(path)
-    fix = "replace or remove the file (and its entry in the split file), then prepare the dataset again"
-    try:
-        if path.stat().st_size == 0:
-            raise ComploraError(f"image {path} is an empty file; {fix}")
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise ComploraError(f"image {path} does not exist; the dataset folder is incomplete: {fix}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # PIL reports a truncated or corrupt file as OSError, a broken header as SyntaxError or ValueError.
-        raise ComploraError(f"image {path} cannot be decoded ({error}); {fix}") from None
+    with _reading(path), Image.open(path) as image:
+        image.load()
+        return image
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    path = Path(path)
+    with _reading(path), Image.open(path) as image:
+        width, height = image.size
+    return height, width
 
 
 def decode_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -123,14 +144,21 @@ class EvalTransform:
         return array
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray:
-        return self(open_image(path))
+        path = Path(path)
+        image = open_image(path)
+        with _reading(path):
+            return self(image)
+
+    def normalization(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalize's mean and std as (1, 3, 1, 1) float32 tensors on ``device``: made once per loop, so a
+        GPU loop copies nothing but the images to the device."""
+        shape = (1, len(self.mean), 1, 1)
+        return torch.tensor(self.mean).view(shape).to(device), torch.tensor(self.std).view(shape).to(device)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) as ToTensor + Normalize, on the images' device."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)
-    shape = (1, len(mean), 1, 1)
-    return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) as ToTensor + Normalize (``EvalTransform.normalization``)."""
+    return (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std
 
 
 def library_versions() -> dict[str, str]:

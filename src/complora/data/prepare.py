@@ -59,14 +59,18 @@ def _count_problems(spec: DatasetSpec, splits: dict[str, list[Entry]]) -> list[s
     return problems
 
 
+def _decodes(path: Path) -> None:
+    open_image(path)
+
+
 def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decode: bool) -> None:
     """Every listed path stays inside ``images``; with ``decode``, every listed file decodes as a whole image."""
     paths = sorted({path for items in splits.values() for path, _, _ in items})
     try:
         resolved = [image_path(images, path) for path in paths]
         if decode:
-            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-                for _ in pool.map(open_image, resolved):
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                for _ in pool.map(_decodes, resolved):
                     pass
     except ComploraError as error:
         raise ComploraError(f"{name}: {error}") from None

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from ..errors import ComploraError
-from .images import decode_rgb, image_path
+from .images import decode_rgb, image_path, image_size
 from .splits import Entry
 
 DEFAULT_MEMORY_LIMIT_MIB = 2048
@@ -64,18 +64,6 @@ def cut(image: torch.Tensor, crop: Crop, size: tuple[int, int]) -> torch.Tensor:
     return out.permute(1, 2, 0)
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise ComploraError(f"training image {path} does not exist; the dataset folder is incomplete") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ComploraError(f"training image {path} cannot be read ({error}); replace or remove it") from None
-    return height, width
-
-
 class TrainingImages:
     """The k-shot images of a run, cropped on demand; labels in split order."""
 
@@ -91,9 +79,9 @@ class TrainingImages:
         self.size = size
         self.paths = [image_path(root, relpath) for relpath, _, _ in entries]
         self.labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
-        self.threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         unique = sorted(set(self.paths))
-        shapes = dict(zip(unique, self._map(_header_size, unique), strict=True))
+        shapes = dict(zip(unique, self._map(image_size, unique), strict=True))
         self.shapes = [shapes[path] for path in self.paths]
         self.decoded_mib = sum(h * w * 3 for h, w in shapes.values()) / 2**20
         self.in_memory = self.decoded_mib <= memory_limit_mib
@@ -104,11 +92,8 @@ class TrainingImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _map(self, function, items):
-        if self.threads == 1 or len(items) < 2:
-            return list(map(function, items))
-        with ThreadPoolExecutor(self.threads) as pool:
-            return list(pool.map(function, items))
+    def _map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list((self._pool.map if self._pool else map)(function, items))
 
     def _original(self, path: Path) -> torch.Tensor:
         original = self._originals.get(path)

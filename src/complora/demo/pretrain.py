@@ -182,7 +182,13 @@ def pretrain(
     manifest = read_world(world, image_size)
     transform = EvalTransform.for_model(model)
     tests = load_test_sets(world, manifest, transform)
-    excluded = {_pixels_sha256(image) for test in tests.values() for image in test.pixels.pixels}
+    excluded = {
+        _pixels_sha256(image)
+        for test in tests.values()
+        for batch in test.pixels.batches(len(test.pixels))
+        for image in batch
+    }
+    normalization = transform.normalization()
     pool, scenes, dropped = build_pool(seed, settings.pool_size, image_size, excluded)
     data_seconds = time.perf_counter() - start
 
@@ -196,7 +202,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, settings)
         batch = rng.choice(len(pool), size=settings.batch_size, replace=False)
-        images = normalize(torch.from_numpy(pool[batch]), transform.mean, transform.std)
+        images = normalize(torch.from_numpy(pool[batch]), *normalization)
         texts = tokenizer([caption(scenes[i], rng) for i in batch])
         image_features, text_features, logit_scale = model(images, texts)
         loss = loss_fn(image_features, text_features, logit_scale)
