@@ -105,7 +105,8 @@ def test_trained_run_records_the_contract_and_its_adapter_reproduces_it(study: d
     test = open_test_split(dataset, TRANSFORM_32)
     tokenizer = open_clip.get_tokenizer("demo-vit-tiny")
     (reloaded,) = zero_shot_accuracies(model, tokenizer, test, [DEFAULT_TEMPLATE], TRANSFORM_32)
-    assert round(reloaded, 2) == metrics["accuracy"]
+    assert round(reloaded.accuracy, 2) == metrics["accuracy"]
+    assert reloaded.predictions_sha256 == metrics["predictions_sha256"]
 
 
 def test_cpu_runs_repeat_exactly_and_methods_differ(study: dict, tmp_path: Path):

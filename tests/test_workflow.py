@@ -19,6 +19,7 @@ from PIL import Image
 
 import complora.models  # noqa: F401  (registers demo-vit-tiny with open_clip)
 from complora.data.splits import few_shot_split
+from complora.evaluation import predictions_sha256
 from dataset_fixtures import build_fixture, jpeg, serve
 from workflow_project import REDUCED, ROOT, make_project, run
 
@@ -240,7 +241,7 @@ def _non_square_copies(world: Path, out: Path) -> None:
 
 
 @torch.no_grad()
-def _plain_open_clip_accuracy(project: Path, dataset: str) -> float:
+def _plain_open_clip_top1(project: Path, dataset: str) -> tuple[float, str]:
     """Zero-shot top-1 the way an open_clip user computes it: preprocess_val on each file, one batch."""
     checkpoint = project / "resources/models/demo-vit-tiny/open_clip_model.safetensors"
     model, _, preprocess_val = open_clip.create_model_and_transforms("demo-vit-tiny", pretrained=str(checkpoint))
@@ -254,7 +255,9 @@ def _plain_open_clip_accuracy(project: Path, dataset: str) -> float:
     image_features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
     text_features = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
     predictions = (image_features @ text_features.T).argmax(dim=-1)
-    return 100.0 * (predictions == torch.tensor([label for _, label, _ in test])).float().mean().item()
+    assert len(set(predictions.tolist())) > 1, "a model that predicts one class tells no preprocessing apart"
+    accuracy = 100.0 * (predictions == torch.tensor([label for _, label, _ in test])).float().mean().item()
+    return accuracy, predictions_sha256(predictions)
 
 
 def test_non_square_images_get_open_clips_zero_shot_accuracy_through_the_pipeline(demo: Path, tmp_path: Path):
@@ -271,11 +274,12 @@ def test_non_square_images_get_open_clips_zero_shot_accuracy_through_the_pipelin
     cache = project / metrics["data"]["eval_cache"]
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["count"] == metrics["test_size"] > 20 and manifest["shape"][1:] == [32, 32, 3]
-    expected = _plain_open_clip_accuracy(project, "photos")
-    assert metrics["accuracy"] == round(expected, 2), (metrics["accuracy"], expected)
+    accuracy, predictions = _plain_open_clip_top1(project, "photos")
+    assert metrics["accuracy"] == round(accuracy, 2), (metrics["accuracy"], accuracy)
+    assert metrics["predictions_sha256"] == predictions, "the very same predictions, image by image"
 
     (project / "photos.yaml").write_text(yaml.safe_dump({**extra, "data": {"eval_cache": False}}))
     result = run(project, "snakemake", "--cores", "2", "--configfile", "config.yaml", "photos.yaml", "--", target)
     assert result.returncode == 0, result.stderr[-5000:]
     decoded = json.loads((project / target).read_text())
-    assert decoded["data"]["eval_cache"] is None and decoded["accuracy"] == metrics["accuracy"]
+    assert decoded["data"]["eval_cache"] is None and decoded["predictions_sha256"] == predictions

@@ -8,8 +8,10 @@ autocast while the classifier (features @ class weights) stays float32; on the C
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,18 @@ from .data.testset import TestSplit
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 DEFAULT_BATCH_SIZE = 256
+
+
+class Top1(NamedTuple):
+    """Top-1 accuracy (%) and the sha256 of the predicted labels (int32, in test-split order): equal digests
+    mean the very same predictions, which is what a comparison of two evaluation paths needs."""
+
+    accuracy: float
+    predictions_sha256: str
+
+
+def predictions_sha256(predictions: Sequence[int] | torch.Tensor) -> str:
+    return hashlib.sha256(torch.as_tensor(predictions).to(torch.int32).cpu().numpy().tobytes()).hexdigest()
 
 
 def tower_autocast(device: torch.device):
@@ -50,11 +64,12 @@ def top1_accuracies(
     classifiers: Sequence[torch.Tensor],
     transform: EvalTransform,
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[float]:
-    """Top-1 accuracy (%) of each classifier on the test split, in one pass over its images."""
+) -> list[Top1]:
+    """Top-1 of each classifier on the test split, in one pass over its images."""
     device = next(model.parameters()).device
     labels = test.labels.to(device)
     correct = [torch.zeros((), dtype=torch.long, device=device) for _ in classifiers]
+    digests = [hashlib.sha256() for _ in classifiers]
     mean, std = transform.normalization(device)
     start = 0
     for array in test.pixels.batches(batch_size):
@@ -66,13 +81,18 @@ def top1_accuracies(
         features = F.normalize(encoded.float(), dim=-1)
         expected = labels[start : start + len(array)]
         for index, classifier in enumerate(classifiers):
-            correct[index] += ((features @ classifier.to(device).T).argmax(dim=-1) == expected).sum()
+            predictions = (features @ classifier.to(device).T).argmax(dim=-1)
+            correct[index] += (predictions == expected).sum()
+            digests[index].update(predictions.to(torch.int32).cpu().numpy().tobytes())
         start += len(array)
     if start != len(labels):
         raise RuntimeError(f"{test.name}: {start} images were evaluated for {len(labels)} labels")
     # The share in float32, as the mean of a float32 mask gives it: the demo's published numbers stay those
     # it had when accuracy was computed that way.
-    return [100.0 * (count.cpu().float() / len(labels)).item() for count in correct]
+    return [
+        Top1(100.0 * (count.cpu().float() / len(labels)).item(), digest.hexdigest())
+        for count, digest in zip(correct, digests, strict=True)
+    ]
 
 
 def zero_shot_accuracies(
@@ -82,8 +102,8 @@ def zero_shot_accuracies(
     templates: Sequence[str | Sequence[str]],
     transform: EvalTransform,
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[float]:
-    """Zero-shot top-1 (%) with each template (or prompt ensemble), in one pass over the images."""
+) -> list[Top1]:
+    """Zero-shot top-1 with each template (or prompt ensemble), in one pass over the images."""
     was_training = model.training
     model.eval()
     try:

@@ -31,7 +31,7 @@ from .data.testset import DatasetRef, TestSplit, open_test_split
 from .data.training import DEFAULT_MEMORY_LIMIT_MIB, TrainingImages
 from .devices import select_device
 from .errors import ComploraError
-from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, zero_shot_accuracies
+from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, Top1, zero_shot_accuracies
 from .finetune import FinetuneSettings, finetune
 from .fingerprint import weights_sha256
 from .models import load_clip
@@ -99,7 +99,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 
 def _top1(model: torch.nn.Module, tokenizer: Any, test: TestSplit, templates: list, transform: EvalTransform,
-          data: DataSettings) -> list[float]:  # fmt: skip
+          data: DataSettings) -> list[Top1]:  # fmt: skip
     return zero_shot_accuracies(model, tokenizer, test, templates, transform, data.eval_batch_size)
 
 
@@ -148,9 +148,9 @@ def evaluate_zero_shot(
     eval_start = time.perf_counter()
     with_coop = bool(coop_templates) and list(coop_templates) != [template]
     templates = [template, list(coop_templates)] if with_coop else [template]
-    accuracies = [round(value, 2) for value in _top1(model, tokenizer, test, templates, transform, data)]
-    accuracy = accuracies[0]
-    coop_prompts = {"templates": list(coop_templates), "accuracy": accuracies[1]} if with_coop else None
+    results = _top1(model, tokenizer, test, templates, transform, data)
+    accuracy = round(results[0].accuracy, 2)
+    coop_prompts = {"templates": list(coop_templates), "accuracy": round(results[1].accuracy, 2)} if with_coop else None
     eval_seconds = time.perf_counter() - eval_start
     settings = {
         "dataset": dataset.name,
@@ -172,6 +172,7 @@ def evaluate_zero_shot(
         "classes": len(test.classnames),
         "template": template,
         "coop_prompts": coop_prompts,
+        "predictions_sha256": results[0].predictions_sha256,
         "preprocessing": transform.describe(),
         "retention": {},
         "mean_retention": None,
@@ -317,10 +318,11 @@ def train_and_evaluate(
 
     eval_start = time.perf_counter()
     test = tests[dataset.name]
-    accuracy = round(_top1(model, tokenizer, test, [template], transform, data)[0], 2)
+    (result,) = _top1(model, tokenizer, test, [template], transform, data)
+    accuracy = round(result.accuracy, 2)
     retention_accuracy, retention = {}, {}
     for name in settings["retention_datasets"]:
-        value = _top1(model, tokenizer, tests[name], [template], transform, data)[0]
+        value = _top1(model, tokenizer, tests[name], [template], transform, data)[0].accuracy
         retention_accuracy[name] = round(value, 2)
         retention[name] = round(value - references[name]["accuracy"], 2)
     eval_seconds = time.perf_counter() - eval_start
@@ -341,6 +343,7 @@ def train_and_evaluate(
         "test_size": len(test.labels),
         "classes": len(test.classnames),
         "template": template,
+        "predictions_sha256": result.predictions_sha256,
         "preprocessing": transform.describe(),
         "training_images": {
             "count": len(images),

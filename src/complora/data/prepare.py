@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import default_permissions
 from ..errors import ComploraError
+from ..progress import progress_bar
 from .download import download
 from .images import image_path, open_image
 from .registry import DatasetSpec
@@ -70,7 +71,7 @@ def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decod
         resolved = [image_path(images, path) for path in paths]
         if decode:
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-                for _ in pool.map(_decodes, resolved):
+                for _ in progress_bar(pool.map(_decodes, resolved), total=len(resolved), desc=f"checking {name}"):
                     pass
     except ComploraError as error:
         raise ComploraError(f"{name}: {error}") from None

@@ -153,7 +153,7 @@ def zero_shot_top1(
 ) -> dict[str, float]:
     """Zero-shot top-1 (%) of every task in ``tests`` with the default prompt, rounded to 2 decimals."""
     return {
-        task: round(zero_shot_accuracies(model, tokenizer, test, [DEFAULT_TEMPLATE], transform)[0], 2)
+        task: round(zero_shot_accuracies(model, tokenizer, test, [DEFAULT_TEMPLATE], transform)[0].accuracy, 2)
         for task, test in tests.items()
     }
 
