@@ -151,6 +151,17 @@ def test_a_folder_that_is_no_cache_is_never_deleted(small_cache: dict, tmp_path:
     assert (project / "thesis.tex").read_text() == "years of work"
 
 
+def test_a_rebuild_replaces_the_old_cache_whole(small_cache: dict, tmp_path: Path):
+    split = json.loads(small_cache["split_file"].read_text())
+    small_cache["split_file"].write_text(json.dumps({**split, "test": split["test"][:4]}))
+    entries = [tuple(entry) for entry in split["test"][:4]]
+    (tmp_path / ".cache.staging-killed").mkdir()  # left by a build that was killed
+    build_eval_cache("awkward", small_cache["root"], small_cache["split_file"], entries, small_cache["transform"],
+                     small_cache["cache"])  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["cache", "split.json"]
+    assert [len(batch) for batch in _stream(small_cache)] == [3, 1]
+
+
 def test_an_intact_cache_streams_in_batches_of_the_asked_size(small_cache: dict):
     batches = _stream(small_cache)
     assert [len(batch) for batch in batches] == [3, 3, 3] and batches[0].shape[1:] == (32, 32, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,24 @@ def remove_partial_writes(path: str | os.PathLike[str]) -> None:
     prefix, suffix = _temporary_affixes(target)
     for partial in target.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def staging_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh folder beside ``path`` to build it in, for the builder to rename onto ``path`` when it is
+    complete; removed on the way out if it is still there. Staging folders a killed builder left are
+    removed first."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    default_permissions(staging, directory=True)
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

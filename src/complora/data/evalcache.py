@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import __version__
-from ..atomic import default_permissions
+from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
 from .images import EvalTransform, image_path, library_versions
@@ -80,12 +79,7 @@ def build_eval_cache(
     out = Path(out)
     if out.exists() and not _is_cache_folder(out):
         raise ComploraError(f"--out {out} exists and is not an evaluation cache; choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.staging-*"):  # left by a killed build
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    default_permissions(staging, directory=True)
-    try:
+    with staging_folder(out) as staging:
         shape = (len(entries), *transform.size, 3)
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
@@ -112,15 +106,13 @@ def build_eval_cache(
             "versions": {"complora": __version__, **library_versions()},
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        # The old cache is renamed aside first: readers never see a half-replaced folder.
-        retired = out.parent / f".{out.name}.staging-retired-{staging.name}"
+        # The old cache is renamed aside first: readers never see a half-replaced folder. Its name is a
+        # staging name, so a build killed right here leaves nothing the next build does not clear.
+        retired = staging.with_name(f"{staging.name}-retired")
         if out.exists():
             os.replace(out, retired)
         os.replace(staging, out)
         shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return manifest
 
 

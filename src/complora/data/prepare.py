@@ -14,7 +14,6 @@ import lzma
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import default_permissions
+from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
 from .download import download
@@ -115,17 +114,9 @@ def _finish(
 
 
 def _staged(out: Path, build: Callable[[Path], Path]) -> Path:
-    """Run ``build`` in a fresh staging folder beside ``out``; remove the staging folder if it fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.staging-*"):  # left by a killed job
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    default_permissions(staging, directory=True)
-    try:
+    """Run ``build`` in a fresh staging folder beside ``out``; the staging folder goes if it fails."""
+    with staging_folder(out) as staging:
         return build(staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def extract(archive: Path, destination: Path) -> None:
