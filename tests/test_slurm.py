@@ -45,7 +45,7 @@ def site_profile(directory: Path, cluster: Cluster) -> Path:
     profile["slurm-init-seconds-before-status-checks"] = 5
     for resources in (profile["default-resources"], *profile["set-resources"].values()):
         resources["mem_mb"] = 2000  # the test node's memory and cores, not a GPU server's
-    profile["set-threads"]["train"] = 1
+    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
     directory.mkdir(parents=True)
     (directory / "config.yaml").write_text(yaml.safe_dump(profile))
     return directory

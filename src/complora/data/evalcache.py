@@ -27,7 +27,7 @@ from .. import __version__
 from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
-from .images import EvalTransform, image_path, library_versions
+from .images import EvalTransform, image_paths, library_versions
 from .splits import Entry, file_sha256
 
 PIXELS_FILE = "pixels.npy"
@@ -43,7 +43,7 @@ def decode_all(
 ) -> Iterator[np.ndarray]:
     """Each entry's preprocessed pixels, in order, decoded by ``threads`` threads (PIL's decoders and
     resizing release the GIL, so threads run in parallel)."""
-    paths = [image_path(root, relpath) for relpath, _, _ in entries]
+    paths = image_paths(root, [relpath for relpath, _, _ in entries])
     if threads <= 1:
         yield from map(transform.load, paths)
         return

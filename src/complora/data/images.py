@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,19 @@ from torchvision import transforms
 from ..errors import ComploraError
 
 
-def image_path(root: str | os.PathLike[str], relpath: str) -> Path:
-    """``root / relpath``, refused when it leaves ``root`` (``..``, an absolute path, or a symlink outside)."""
+def image_paths(root: str | os.PathLike[str], relpaths: Sequence[str]) -> list[Path]:
+    """``root / relpath`` for each, resolved; refused when one leaves ``root`` (``..``, an absolute path, or a
+    symlink pointing outside)."""
     base = Path(root).resolve()
+    return [_inside(base, relpath) for relpath in relpaths]
+
+
+def image_path(root: str | os.PathLike[str], relpath: str) -> Path:
+    """One of :func:`image_paths`."""
+    return image_paths(root, [relpath])[0]
+
+
+def _inside(base: Path, relpath: str) -> Path:
     if Path(relpath).is_absolute():
         raise ComploraError(
             f"image path {relpath!r} is absolute; split-file paths must be relative to the dataset's image folder "

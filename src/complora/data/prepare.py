@@ -28,7 +28,7 @@ from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
 from .download import download
-from .images import image_path, open_image
+from .images import image_paths, open_image
 from .registry import DatasetSpec
 from .splits import SPLITS, Entry, file_sha256, read_split
 
@@ -67,7 +67,7 @@ def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decod
     """Every listed path stays inside ``images``; with ``decode``, every listed file decodes as a whole image."""
     paths = sorted({path for items in splits.values() for path, _, _ in items})
     try:
-        resolved = [image_path(images, path) for path in paths]
+        resolved = image_paths(images, paths)
         if decode:
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
                 for _ in progress_bar(pool.map(_decodes, resolved), total=len(resolved), desc=f"checking {name}"):

@@ -21,7 +21,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from .images import decode_rgb, image_path, image_size
+from .images import decode_rgb, image_paths, image_size
 from .splits import Entry
 
 DEFAULT_MEMORY_LIMIT_MIB = 2048
@@ -77,7 +77,7 @@ class TrainingImages:
         threads: int = 1,
     ) -> None:
         self.size = size
-        self.paths = [image_path(root, relpath) for relpath, _, _ in entries]
+        self.paths = image_paths(root, [relpath for relpath, _, _ in entries])
         self.labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         unique = sorted(set(self.paths))

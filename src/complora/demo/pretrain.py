@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from complora.atomic import write_json
-from complora.data.images import EvalTransform, image_path, normalize
+from complora.data.images import EvalTransform, image_paths, normalize
 from complora.data.splits import classnames, read_split
 from complora.data.testset import ArrayPixels, TestSplit
 from complora.errors import ComploraError
@@ -142,7 +142,8 @@ def load_test_sets(world: Path, manifest: dict[str, Any], transform: EvalTransfo
     tests = {}
     for task in manifest["tasks"]:
         entries = read_split(world / task / "split.json")["test"]
-        pixels = np.stack([transform.load(image_path(world / task, relpath)) for relpath, _, _ in entries])
+        paths = image_paths(world / task, [relpath for relpath, _, _ in entries])
+        pixels = np.stack([transform.load(path) for path in paths])
         labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
         tests[task] = TestSplit(task, labels, classnames(entries), ArrayPixels(pixels))
     return tests
