@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from complora.data.evalcache import MANIFEST_FILE, PIXELS_FILE, build_eval_cache, open_eval_cache
-from complora.data.images import EvalTransform, decode_rgb, image_path, normalize
+from complora.data.images import EvalTransform, decode_rgb, image_paths, normalize
 from complora.data.prepare import prepare_custom
 from complora.data.testset import DatasetRef, DecodedPixels, open_test_split
 from complora.data.training import TrainingImages, draw_crop
@@ -73,7 +73,7 @@ def test_the_cache_holds_the_same_pixels_and_maps_into_memory(vit_b16, awkward, 
     manifest = build_eval_cache("awkward", root, split_file, entries, transform, tmp_path / "cache", threads=2)
     assert manifest["count"] == len(awkward) and manifest["shape"] == [len(awkward), 224, 224, 3]
     assert manifest["transform"]["sha256"] == transform.sha256 and manifest["split_file"]["sha256"]
-    assert {"open_clip", "torchvision", "pillow", "complora"} <= set(manifest["versions"])
+    assert {"open_clip_torch", "torchvision", "pillow", "complora"} <= set(manifest["versions"])
     mapped = np.load(tmp_path / "cache" / PIXELS_FILE, mmap_mode="r")
     decoded = np.concatenate(list(DecodedPixels(root, entries, transform, threads=1).batches(4)))
     assert np.array_equal(mapped, decoded)
@@ -236,6 +236,16 @@ def test_square_images_at_the_model_size_get_the_crops_they_always_got(tmp_path:
     assert torch.equal(ours, before)
 
 
+def test_a_crop_no_try_fits_falls_back_as_torchvision_does():
+    """A panorama where no crop of scale >= 0.9 has a ratio within 3/4-4/3: torchvision's central fallback."""
+    from torchvision.transforms import RandomResizedCrop
+
+    for height, width in ((100, 1000), (1000, 100)):
+        crop = draw_crop(height, width, (0.99, 1.0), torch.Generator().manual_seed(0))
+        expected = RandomResizedCrop.get_params(torch.zeros(3, height, width), [0.99, 1.0], [3 / 4, 4 / 3])
+        assert (crop.top, crop.left, crop.height, crop.width) == expected, (height, width)
+
+
 def test_crops_are_the_same_in_memory_or_decoded_per_batch_and_repeat_by_seed(awkward: dict[str, Path]):
     root = awkward["landscape.jpg"].parent
     entries = [(name, index % 3, "c") for index, name in enumerate(sorted(awkward))]
@@ -259,9 +269,9 @@ def test_split_paths_may_not_leave_the_dataset_folder(tmp_path: Path):
     (root / "cls" / "link.jpg").symlink_to(outside)
     for relpath in ("../secret.jpg", "cls/../../secret.jpg", str(outside), "cls/link.jpg"):
         with pytest.raises(ComploraError, match=r"outside the dataset's image folder|is absolute"):
-            image_path(root, relpath)
+            image_paths(root, [relpath])
     Image.new("RGB", (8, 8)).save(root / "cls" / "fine.jpg")
-    assert image_path(root, "cls/fine.jpg") == (root / "cls" / "fine.jpg").resolve()
+    assert image_paths(root, ["cls/fine.jpg"]) == [(root / "cls" / "fine.jpg").resolve()]
 
 
 @pytest.mark.parametrize("broken", ["truncated.jpg", "corrupt.jpg", "empty.jpg", "not_an_image.png", "escape"])

@@ -283,3 +283,12 @@ def test_non_square_images_get_open_clips_zero_shot_accuracy_through_the_pipelin
     assert result.returncode == 0, result.stderr[-5000:]
     decoded = json.loads((project / target).read_text())
     assert decoded["data"]["eval_cache"] is None and decoded["predictions_sha256"] == predictions
+
+
+def test_without_evaluation_caches_no_cache_job_runs_and_dvc_still_finds_its_output(tmp_path: Path):
+    project = make_project(tmp_path / "project", {**REDUCED, "data": {"eval_cache": False}})
+    result = run(project, "snakemake", "-n", "-p")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval_cache" not in job_counts(result.stdout) and "complora evaluate" in result.stdout
+    assert "--eval-cache" not in result.stdout
+    assert (project / "resources/evalcache").is_dir(), "dvc.yaml declares it: DVC refuses a missing output"

@@ -166,7 +166,9 @@ def _add_images_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_dataset_and_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     _add_images_and_backbone_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, else cpu), cpu, cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads, and threads that decode images (default 1)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's) and image-decoding threads (default: 1)"
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +186,7 @@ def _data_settings(args: argparse.Namespace):
     from .experiment import DataSettings
 
     options = {"threads": args.threads or 1, "eval_batch_size": args.eval_batch_size}
-    if getattr(args, "train_memory_mib", None) is not None:
+    if hasattr(args, "train_memory_mib"):  # train's flag
         options["train_memory_limit_mib"] = args.train_memory_mib
     return DataSettings(**options)
 
@@ -260,10 +262,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     adapter = AdapterConfig()
     _add_dataset_and_backbone_arguments(parser)
     _add_data_arguments(parser)
+    from .data.training import DEFAULT_MEMORY_LIMIT_MIB
+
     parser.add_argument(
         "--train-memory-mib",
         type=float,
-        help="hold the decoded training originals in memory up to this size, else decode each batch (default 2048)",
+        default=DEFAULT_MEMORY_LIMIT_MIB,
+        help="hold the decoded training originals in memory up to this size, else decode each batch "
+        f"(default {DEFAULT_MEMORY_LIMIT_MIB})",
     )
     parser.add_argument("--few-shot", type=Path, required=True, help="k-shot split file (from `complora split`)")
     parser.add_argument("--seed", type=int, required=True, help="seeds the adapter init, batches, crops and dropout")

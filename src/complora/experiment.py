@@ -27,11 +27,11 @@ from .atomic import write_json
 from .checkpoint import CHECKPOINT_FILE, Checkpointing
 from .data.images import EvalTransform
 from .data.splits import file_sha256, read_few_shot_split
-from .data.testset import DatasetRef, TestSplit, open_test_split
+from .data.testset import DatasetRef, open_test_split
 from .data.training import DEFAULT_MEMORY_LIMIT_MIB, TrainingImages
 from .devices import select_device
 from .errors import ComploraError
-from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, Top1, zero_shot_accuracies
+from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, zero_shot_accuracies
 from .finetune import FinetuneSettings, finetune
 from .fingerprint import weights_sha256
 from .models import load_clip
@@ -98,11 +98,6 @@ def _environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _top1(model: torch.nn.Module, tokenizer: Any, test: TestSplit, templates: list, transform: EvalTransform,
-          data: DataSettings) -> list[Top1]:  # fmt: skip
-    return zero_shot_accuracies(model, tokenizer, test, templates, transform, data.eval_batch_size)
-
-
 def _load_backbone(backbone: Backbone, device: torch.device) -> tuple[torch.nn.Module, Any, EvalTransform]:
     model = load_clip(backbone.model, backbone.pretrained).to(device).eval()
     return model, open_clip.get_tokenizer(backbone.model), EvalTransform.for_model(model)
@@ -148,7 +143,7 @@ def evaluate_zero_shot(
     eval_start = time.perf_counter()
     with_coop = bool(coop_templates) and list(coop_templates) != [template]
     templates = [template, list(coop_templates)] if with_coop else [template]
-    results = _top1(model, tokenizer, test, templates, transform, data)
+    results = zero_shot_accuracies(model, tokenizer, test, templates, transform, data.eval_batch_size)
     accuracy = round(results[0].accuracy, 2)
     coop_prompts = {"templates": list(coop_templates), "accuracy": round(results[1].accuracy, 2)} if with_coop else None
     eval_seconds = time.perf_counter() - eval_start
@@ -318,11 +313,12 @@ def train_and_evaluate(
 
     eval_start = time.perf_counter()
     test = tests[dataset.name]
-    (result,) = _top1(model, tokenizer, test, [template], transform, data)
+    (result,) = zero_shot_accuracies(model, tokenizer, test, [template], transform, data.eval_batch_size)
     accuracy = round(result.accuracy, 2)
     retention_accuracy, retention = {}, {}
     for name in settings["retention_datasets"]:
-        value = _top1(model, tokenizer, tests[name], [template], transform, data)[0].accuracy
+        (top1,) = zero_shot_accuracies(model, tokenizer, tests[name], [template], transform, data.eval_batch_size)
+        value = top1.accuracy
         retention_accuracy[name] = round(value, 2)
         retention[name] = round(value - references[name]["accuracy"], 2)
     eval_seconds = time.perf_counter() - eval_start

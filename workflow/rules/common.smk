@@ -1,12 +1,12 @@
 # The experiment grid and paths, computed once from the checked config.
 import re
 import shlex
-from importlib.metadata import version
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from complora.configcheck import check_config, load_schema
+from complora.data.imagelibs import library_versions
 from complora.data.registry import load_registry
 from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
@@ -52,9 +52,12 @@ CUSTOM = config["custom_datasets"]
 ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
 EVAL_CACHE = config["data"]["eval_cache"]
-# The libraries that decide decoded pixels (read from the installed metadata: no torch import here); a new
-# version rebuilds the evaluation caches.
-IMAGE_LIBRARIES = {name: version(name) for name in ("pillow", "torchvision", "open_clip_torch")}
+if not EVAL_CACHE:
+    # dvc.yaml declares the caches' folder whatever the config, and DVC refuses an output that is missing.
+    Path("resources/evalcache").mkdir(parents=True, exist_ok=True)
+# The libraries that decide decoded pixels (from the package metadata: no torch import here); a new version
+# rebuilds the evaluation caches.
+IMAGE_LIBRARIES = library_versions()
 TRAINING_GPUS = config["gpus_per_training_job"]
 ZERO_SHOT_GPUS = min(1, TRAINING_GPUS)
 

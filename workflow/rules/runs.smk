@@ -21,7 +21,8 @@ rule zero_shot:
     threads: 1
     resources:
         gpu=ZERO_SHOT_GPUS,
-        # Runtime settings (a profile's set-resources may change them) that leave the results alone.
+        # Runtime settings (a profile's set-resources may change them), not parameters: on the CPU they leave
+        # the results alone; on a GPU another batch shape may move bf16 features by a rounding step.
         eval_batch_size=256,
     conda:
         "../envs/complora.yaml"
@@ -58,8 +59,9 @@ rule train:
     threads: 1
     resources:
         gpu=TRAINING_GPUS,
-        # Runtime settings (a profile's set-resources may change them) that leave the results alone, so
-        # they are no parameters: changing them reruns nothing.
+        # Runtime settings (a profile's set-resources may change them), not parameters, so changing them
+        # reruns nothing: checkpoints and where the originals are decoded leave the results alone, and so
+        # does the evaluation batch on the CPU (on a GPU it may move bf16 features by a rounding step).
         checkpoint_every=100,
         eval_batch_size=256,
         train_memory_mib=2048,

@@ -27,7 +27,8 @@ from .. import __version__
 from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
-from .images import EvalTransform, image_paths, library_versions
+from .imagelibs import library_versions
+from .images import EvalTransform, image_paths
 from .splits import Entry, file_sha256
 
 PIXELS_FILE = "pixels.npy"

@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
-import PIL
 import torch
-import torchvision
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from torch import nn
@@ -36,11 +33,6 @@ def image_paths(root: str | os.PathLike[str], relpaths: Sequence[str]) -> list[P
     symlink pointing outside)."""
     base = Path(root).resolve()
     return [_inside(base, relpath) for relpath in relpaths]
-
-
-def image_path(root: str | os.PathLike[str], relpath: str) -> Path:
-    """One of :func:`image_paths`."""
-    return image_paths(root, [relpath])[0]
 
 
 def _inside(base: Path, relpath: str) -> Path:
@@ -120,7 +112,7 @@ class EvalTransform:
         # Tuples, as open_clip makes them: a list that came through JSON would change the stages' reprs.
         config = PreprocessCfg(**{key: tuple(v) if isinstance(v, list) else v for key, v in preprocess_cfg.items()})
         stages = list(image_transform_v2(config, is_train=False).transforms)
-        to_tensor = next(i for i, stage in enumerate(stages) if isinstance(stage, transforms.ToTensor))
+        to_tensor = next((i for i, stage in enumerate(stages) if isinstance(stage, transforms.ToTensor)), len(stages))
         tail = stages[to_tensor + 1 :]
         if len(tail) != 1 or not isinstance(tail[0], transforms.Normalize):
             raise ComploraError(f"open_clip's evaluation transform has an unexpected form: {stages}")
@@ -169,8 +161,3 @@ class EvalTransform:
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) as ToTensor + Normalize (``EvalTransform.normalization``)."""
     return (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std
-
-
-def library_versions() -> dict[str, str]:
-    """The libraries that decide decoded and transformed pixels."""
-    return {"open_clip": open_clip.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}

@@ -69,7 +69,7 @@ def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decod
     try:
         resolved = image_paths(images, paths)
         if decode:
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
                 for _ in progress_bar(pool.map(_decodes, resolved), total=len(resolved), desc=f"checking {name}"):
                     pass
     except ComploraError as error:

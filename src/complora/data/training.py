@@ -2,7 +2,7 @@
 bicubic) and a horizontal flip, cut from each *original* image, every draw from the run's own generator.
 
 Decoded originals are held in memory when they fit ``memory_limit_mib`` (their size is known from the
-file headers before anything is decoded); a larger set (ImageNet 16-shot: ~16,000 images, ~5 GB decoded)
+file headers before anything is decoded); a larger set (ImageNet 16-shot: 16,000 images, 6-9 GB decoded)
 is decoded batch by batch by a pool of threads. Both give the same crops: the crop parameters are drawn
 in the calling thread, in order, before any decoding.
 """
@@ -38,7 +38,9 @@ class Crop:
 
 
 def draw_crop(height: int, width: int, scale: tuple[float, float], generator: torch.Generator) -> Crop:
-    """torchvision's RandomResizedCrop sampling (10 tries, then the whole image) and a coin for the flip."""
+    """torchvision's RandomResizedCrop sampling (10 tries, then a centre crop clamped to the ratio range) and a
+    coin for the flip. The aspect ratio is drawn in float64 where torchvision uses float32, as complora
+    always has: the published demo's crops stay what they were."""
     area = height * width
     for _ in range(10):
         target = area * torch.empty(1).uniform_(*scale, generator=generator).item()
@@ -50,7 +52,12 @@ def draw_crop(height: int, width: int, scale: tuple[float, float], generator: to
             left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
             break
     else:
-        top, left, h, w = 0, 0, height, width
+        w, h = width, height
+        if width / height < RATIO[0]:
+            h = round(width / RATIO[0])
+        elif width / height > RATIO[1]:
+            w = round(height * RATIO[1])
+        top, left = (height - h) // 2, (width - w) // 2
     return Crop(top, left, h, w, torch.rand(1, generator=generator).item() < 0.5)
 
 

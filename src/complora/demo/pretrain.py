@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from complora.atomic import write_json
-from complora.data.images import EvalTransform, image_paths, normalize
+from complora.data.evalcache import decode_all
+from complora.data.images import EvalTransform, normalize
 from complora.data.splits import classnames, read_split
 from complora.data.testset import ArrayPixels, TestSplit
 from complora.errors import ComploraError
@@ -142,8 +143,7 @@ def load_test_sets(world: Path, manifest: dict[str, Any], transform: EvalTransfo
     tests = {}
     for task in manifest["tasks"]:
         entries = read_split(world / task / "split.json")["test"]
-        paths = image_paths(world / task, [relpath for relpath, _, _ in entries])
-        pixels = np.stack([transform.load(path) for path in paths])
+        pixels = np.stack(list(decode_all(world / task, entries, transform)))
         labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
         tests[task] = TestSplit(task, labels, classnames(entries), ArrayPixels(pixels))
     return tests
