@@ -70,6 +70,7 @@ def top1_accuracies(
     labels = test.labels.to(device)
     # Predictions stay on the device until the end: reading them back per batch would wait for the GPU.
     predictions: list[list[torch.Tensor]] = [[] for _ in classifiers]
+    classifiers = [classifier.to(device) for classifier in classifiers]
     mean, std = transform.normalization(device)
     start = 0
     for array in test.pixels.batches(batch_size):
@@ -80,7 +81,7 @@ def top1_accuracies(
             encoded = model.encode_image(normalize(batch, mean, std))
         features = F.normalize(encoded.float(), dim=-1)
         for index, classifier in enumerate(classifiers):
-            predictions[index].append((features @ classifier.to(device).T).argmax(dim=-1))
+            predictions[index].append((features @ classifier.T).argmax(dim=-1))
         start += len(array)
     if start != len(labels):
         raise RuntimeError(f"{test.name}: {start} images were evaluated for {len(labels)} labels")

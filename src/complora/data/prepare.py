@@ -63,17 +63,27 @@ def _decodes(path: Path) -> None:
     open_image(path)
 
 
-def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], decode: bool) -> None:
-    """Every listed path stays inside ``images``; with ``decode``, every listed file decodes as a whole image."""
+def _check_images(name: str, images: Path, splits: dict[str, list[Entry]], shown: object, decode: bool) -> None:
+    """Every listed path stays inside ``images`` and is a file there (``shown`` is the folder the message names);
+    with ``decode``, every listed file decodes as a whole image."""
     paths = sorted({path for items in splits.values() for path, _, _ in items})
     try:
         resolved = image_paths(images, paths)
-        if decode:
+    except ComploraError as error:
+        raise ComploraError(f"{name}: {error}") from None
+    missing = [path for path, file in zip(paths, resolved, strict=True) if not file.is_file()]
+    if missing:
+        raise ComploraError(
+            f"{name}: {len(missing)} images the split lists are missing under {shown} (first: {missing[0]}); the "
+            "download or folder is incomplete"
+        )
+    if decode:
+        try:
             with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
                 for _ in progress_bar(pool.map(_decodes, resolved), total=len(resolved), desc=f"checking {name}"):
                     pass
-    except ComploraError as error:
-        raise ComploraError(f"{name}: {error}") from None
+        except ComploraError as error:
+            raise ComploraError(f"{name}: {error}") from None
 
 
 def _finish(
@@ -82,13 +92,7 @@ def _finish(
     """Check the split against the images and the expected counts, write it, and move staging onto ``out``.
     With ``decode``, every image is decoded once too (a user's folder may hold anything)."""
     images = staging / "images"
-    _check_images(spec.name, images, splits, decode)
-    missing = [path for items in splits.values() for path, _, _ in items if not (images / path).is_file()]
-    if missing:
-        raise ComploraError(
-            f"{spec.name}: {len(missing)} images the split lists are missing under {source.get('images', images)} "
-            f"(first: {missing[0]}); the download or folder is incomplete"
-        )
+    _check_images(spec.name, images, splits, source.get("images", images), decode)
     problems = _count_problems(spec, splits)
     if problems:
         raise ComploraError(

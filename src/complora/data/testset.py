@@ -57,7 +57,7 @@ class DecodedPixels:
 class ArrayPixels:
     """Batches of uint8 (N, H, W, 3) pixels already in memory."""
 
-    def __init__(self, pixels: np.ndarray | torch.Tensor) -> None:
+    def __init__(self, pixels: np.ndarray) -> None:
         self.pixels = pixels
 
     def __len__(self) -> int:
@@ -65,7 +65,7 @@ class ArrayPixels:
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.pixels), batch_size):
-            yield np.asarray(self.pixels[start : start + batch_size])
+            yield self.pixels[start : start + batch_size]
 
 
 @dataclass

@@ -24,10 +24,8 @@ import torch
 from tqdm import tqdm
 
 from complora.atomic import write_json
-from complora.data.evalcache import decode_all
 from complora.data.images import EvalTransform, normalize
-from complora.data.splits import classnames, read_split
-from complora.data.testset import ArrayPixels, TestSplit
+from complora.data.testset import ArrayPixels, DatasetRef, TestSplit, open_test_split
 from complora.errors import ComploraError
 from complora.evaluation import DEFAULT_TEMPLATE, zero_shot_accuracies
 from complora.fingerprint import weights_sha256
@@ -142,10 +140,9 @@ def load_test_sets(world: Path, manifest: dict[str, Any], transform: EvalTransfo
     """Every task's test split, its preprocessed pixels in memory (the world is small)."""
     tests = {}
     for task in manifest["tasks"]:
-        entries = read_split(world / task / "split.json")["test"]
-        pixels = np.stack(list(decode_all(world / task, entries, transform)))
-        labels = torch.tensor([label for _, label, _ in entries], dtype=torch.long)
-        tests[task] = TestSplit(task, labels, classnames(entries), ArrayPixels(pixels))
+        test = open_test_split(DatasetRef(task, world / task, world / task / "split.json"), transform)
+        test.pixels = ArrayPixels(np.concatenate(list(test.pixels.batches(len(test.pixels)))))
+        tests[task] = test
     return tests
 
 
