@@ -13,7 +13,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     dataset=name_pattern(ALL_DATASETS),
-    method="|".join(TRAINED_METHODS) or "no-trained-method",
+    method=name_pattern(TRAINED_METHODS),
     shots=r"\d+",
     seed=r"\d+",
 
@@ -24,6 +24,7 @@ include: "workflow/rules/evalcache.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/projectors.smk"
 include: "workflow/rules/runs.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/aggregate.smk"
 
 

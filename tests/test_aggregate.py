@@ -124,10 +124,35 @@ def test_published_numbers_beside_ours(runs: list[Path], tmp_path: Path):
     table = (tmp_path / "out" / "tables" / "accuracy.md").read_text().splitlines()
     assert "| 0 | Zero-shot CLIP (published) | 51.50 | 31.50 | 41.50 |" in table
     assert "| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |" in table
-    assert not any("CoOp (4)" in line for line in table), "only CLIP and CLIP-LoRA rows are shown"
-    assert table.index("| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |") > table.index(
-        "| 1 | Comp-LoRA | 62.00 | 42.00 | 52.00 |"
-    )
+    assert not any("CoOp (4)" in line for line in table), "only the published rows of the families we ran"
+    published = table.index("| 1 | CLIP-LoRA (published) | 62.00 | 42.00 | 52.00 |")
+    assert table[published - 1].startswith("| 1 | LoRA |"), "a published row stands right after ours"
+    assert table[published + 1].startswith("| 1 | Comp-LoRA |")
     reference.write_text("no,header\n")
     with pytest.raises(ComploraError, match="is not a shots,method"):
         aggregate(runs, tmp_path / "bad", reference)
+
+
+def test_variants_and_classifier_only_methods_are_labelled_by_name(runs: list[Path], tmp_path: Path):
+    root = tmp_path / "more"
+    for dataset in ("A", "B"):
+        for seed in (1, 2, 3):
+            variant = write_run(root, dataset, "complora_k8", 1, seed, 70.0, {"C": -0.5})
+            run = json.loads(variant.read_text())
+            variant.write_text(json.dumps({**run, "family": "complora"}))
+            tip = write_run(root, dataset, "tip_adapter_f", 1, seed, 65.0, {})
+            run = json.loads(tip.read_text())
+            tip.write_text(json.dumps({**run, "family": "tip_adapter_f", "retention_status": "encoders unchanged"}))
+            runs += [variant, tip]
+    reference = tmp_path / "table3.csv"
+    reference.write_text("shots,method,A,B\n1,TIP-Adapter-F,61.0,41.0\n1,CLIP-Adapter,1,1\n")
+    aggregate(runs, tmp_path / "out", reference)
+    accuracy = (tmp_path / "out" / "tables" / "accuracy.md").read_text().splitlines()
+    rows = [line.split(" | ")[1] for line in accuracy[2:] if line.startswith("| 1 |")]
+    assert rows == ["LoRA", "Comp-LoRA", "complora_k8", "Tip-Adapter-F", "TIP-Adapter-F (published)"], rows
+    retention = (tmp_path / "out" / "tables" / "retention.md").read_text()
+    assert "| 1 | Tip-Adapter-F | encoders unchanged | encoders unchanged | encoders unchanged |" in retention
+    assert "| 1 | complora_k8 | -0.50 | -0.50 | -0.50 |" in retention
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| Tip-Adapter-F | 65.00 | - | unchanged | unchanged |" in summary
+    assert "tip_adapter_f" in read_csv(tmp_path / "out" / "tables" / "accuracy.csv")[-1]["method"]

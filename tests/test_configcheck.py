@@ -24,6 +24,7 @@ def test_empty_config_gets_every_default():
     assert config["shots"] == [1, 2, 4, 8, 16] and config["seeds"] == [1, 2, 3]
     lora = config["hyperparameters"]["lora"]
     assert lora == {
+        "family": "lora",
         "iterations_per_shot": 500,
         "batch_size": 32,
         "learning_rate": 2e-4,
@@ -37,7 +38,7 @@ def test_empty_config_gets_every_default():
         "targets": ["q", "k", "v"],
         "towers": ["vision", "text"],
     }
-    assert config["hyperparameters"]["complora"] == {**lora, "k": 32, "side": "both"}
+    assert config["hyperparameters"]["complora"] == {**lora, "family": "complora", "k": 32, "side": "both"}
     assert config["demo"]["pretraining"]["steps"] == 700
 
 

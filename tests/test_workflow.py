@@ -49,7 +49,8 @@ def test_every_output_is_there_and_holds_the_results_contract(demo: Path):
     model_metadata = json.loads((demo / "resources/models/demo-vit-tiny/metadata.json").read_text())
     assert (demo / "resources/data/demo_world/world.json").is_file()
     assert (demo / "resources/projectors/demo-vit-tiny.safetensors").is_file()
-    assert json.loads((demo / "resources/projectors/demo-vit-tiny.stats.json").read_text())["k_max"] == 8
+    # k up to 64 is always stored: a variant with k <= 64 leaves the projector (and every Comp-LoRA run) alone
+    assert json.loads((demo / "resources/projectors/demo-vit-tiny.stats.json").read_text())["k_max"] == 64
     for dataset in set(DATASETS) | set(RETENTION):
         zero_shot = json.loads((demo / f"results/runs/{dataset}/zeroshot/metrics.json").read_text())
         assert zero_shot["backbone"]["weights_sha256"] == model_metadata["weights_sha256"]
@@ -179,11 +180,12 @@ def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     grid = 11 * 5 * 3
+    ablation = 4 * 4 * 2 * 3  # four Comp-LoRA variants on 4 datasets x 2 shots x 3 seeds
     assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": grid, "projector": 1,
-                                  "eval_cache": 11, "zero_shot": 11, "train": 2 * grid, "aggregate": 1,
-                                  "all": 1}  # fmt: skip
+                                  "eval_cache": 11, "zero_shot": 11, "train": 2 * grid + ablation, "features": 11,
+                                  "fit": 11 * 8, "aggregate": 1, "all": 1}  # fmt: skip
     gpu_jobs = re.findall(r"^rule (\w+):(?:\n    .*)*\n    resources: .*gpu=1", output, re.MULTILINE)
-    assert sorted(gpu_jobs) == ["train"] * 2 * grid + ["zero_shot"] * 11, "training and zero-shot jobs, only"
+    assert sorted(gpu_jobs) == ["features"] * 11 + ["train"] * (2 * grid + ablation) + ["zero_shot"] * 11
 
 
 def test_downloaded_and_custom_datasets_through_the_workflow(tmp_path: Path):
@@ -292,3 +294,56 @@ def test_without_evaluation_caches_no_cache_job_runs_and_dvc_still_finds_its_out
     assert "eval_cache" not in job_counts(result.stdout) and "complora evaluate" in result.stdout
     assert "--eval-cache" not in result.stdout
     assert (project / "resources/evalcache").is_dir(), "dvc.yaml declares it: DVC refuses a missing output"
+
+
+FEATURE_METHODS = ["linear_probe", "tip_adapter", "tip_adapter_f", "clip_adapter", "taskres", "lp_pp", "zs_lp", "clap"]
+
+
+def test_every_method_runs_and_a_variants_change_reruns_only_that_variant(tmp_path: Path):
+    quick = {"tip_adapter_f": {"epochs": 2}, "clip_adapter": {"epochs": 2}, "taskres": {"epochs": 2}}
+    config = {
+        **REDUCED,
+        "methods": ["zeroshot", "lora", "complora", "complora_k4", *FEATURE_METHODS, "taskres_a1"],
+        "hyperparameters": {**REDUCED["hyperparameters"], **quick,
+                            "complora_k4": {"family": "complora", "k": 4, "shots": [1]},
+                            "taskres_a1": {"family": "taskres", "alpha": 1.0}},
+    }  # fmt: skip
+    project = make_project(tmp_path / "project", config)
+    result = run(project, "snakemake", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    for dataset in DATASETS:
+        for method in [*FEATURE_METHODS, "taskres_a1"]:
+            for shots in SHOTS:
+                metrics = json.loads((project / run_dir_of(dataset, method, shots)).read_text())
+                assert metrics["method"] == method and metrics["retention_status"] == "encoders unchanged"
+                assert metrics["family"] == ("taskres" if method == "taskres_a1" else method)
+        assert (project / run_dir_of(dataset, "complora_k4", 1)).is_file()
+        assert not (project / run_dir_of(dataset, "complora_k4", 2)).exists(), "the variant runs where it is told"
+        settings = json.loads((project / run_dir_of(dataset, "taskres_a1", 1)).read_text())["config"]
+        assert settings["hyperparameters"]["alpha"] == 1.0 and settings["hyperparameters"]["epochs"] == 2
+    accuracy = (project / "results/tables/accuracy.md").read_text()
+    retention = (project / "results/tables/retention.md").read_text()
+    for label in ("Tip-Adapter-F", "LP++", "CLAP", "ZS-LP", "taskres_a1", "complora_k4", "Linear probe"):
+        assert f"| {label} |" in accuracy, label
+    assert "| 1 | Tip-Adapter | encoders unchanged |" in retention
+    assert re.search(r"\| 1 \| complora_k4 \| [+-]\d", retention)
+
+    changed = tmp_path / "changed.yaml"
+    # Fewer views than the store keeps, a k under the projector's: neither touches another method's jobs.
+    cases = (
+        ("taskres_a1", {"alpha": 2.0}, "fit"),
+        ("taskres_a1", {"views": 10}, "fit"),
+        ("complora_k4", {"k": 2}, "train"),
+    )
+    for variant, change, rule in cases:
+        override = {"hyperparameters": {variant: {**config["hyperparameters"][variant], **change}}}
+        changed.write_text(yaml.safe_dump(override))
+        output = run(project, "snakemake", "-n", "--configfile", "config.yaml", str(changed)).stdout
+        expected = len(DATASETS) * (1 if rule == "fit" else len(SEEDS))
+        assert job_counts(output) == {rule: expected, "aggregate": 1, "all": 1}, output[-3000:]
+        planned = re.findall(r"output: (results/runs/\S+/metrics\.json)", output)
+        assert planned and all(f"/{variant}/" in path for path in planned)
+
+
+def run_dir_of(dataset: str, method: str, shots: int) -> str:
+    return f"results/runs/{dataset}/{method}/shots{shots}/seed{SEEDS[0]}/metrics.json"

@@ -273,7 +273,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--few-shot", type=Path, required=True, help="k-shot split file (from `complora split`)")
     parser.add_argument("--seed", type=int, required=True, help="seeds the adapter init, batches, crops and dropout")
-    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--method", choices=METHODS, required=True, help="the adapter family")
+    parser.add_argument("--name", help="the method's name in the study (a variant's; default: the family)")
     parser.add_argument(
         "--zero-shot",
         type=Path,
@@ -312,34 +313,16 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .adapters.config import AdapterConfig
     from .checkpoint import CHECKPOINT_FILE
     from .experiment import Backbone, TrainSpec, train_and_evaluate
-    from .finetune import FinetuneSettings
+    from .methods.lora import ADAPTER_KEYS, TRAINING_KEYS, adapter_config, finetune_settings
     from .stopping import StopSignals
 
     _check_seed(args.seed)
     _set_threads(args.threads)
-    adapter = AdapterConfig(
-        method=args.method,
-        rank=args.rank,
-        alpha=args.alpha,
-        scaling=args.scaling,
-        dropout=args.dropout,
-        targets=args.targets,
-        towers=args.towers,
-        k=args.k,
-        side=args.side,
-    )
-    settings = FinetuneSettings(
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        min_learning_rate=args.min_learning_rate,
-        logit_scale=args.logit_scale,
-        template=args.template,
-    )
+    settings = {key: getattr(args, key) for key in (*ADAPTER_KEYS, *TRAINING_KEYS)}
+    adapter = adapter_config(args.method, settings)
+    settings = finetune_settings(settings, args.iterations, args.template)
     spec = TrainSpec(
         dataset=_dataset_ref(args),
         few_shot_file=args.few_shot,
@@ -347,6 +330,7 @@ def _run_train(args: argparse.Namespace) -> None:
         adapter=adapter,
         settings=settings,
         seed=args.seed,
+        name=args.name or args.method,
         zero_shot_runs=args.zero_shot,
         projector=args.projector,
     )
@@ -365,6 +349,114 @@ def _run_train(args: argparse.Namespace) -> None:
         then = f"resume from {checkpoint}" if checkpoint.is_file() else "start again"
         detail = f"{stopped.detail}; no metrics written: rerun the same command to {then}"
         raise JobStopped(stopped.signum, detail) from None
+
+
+def _add_features_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data.training import DEFAULT_MEMORY_LIMIT_MIB
+
+    _add_dataset_and_backbone_arguments(parser)
+    _add_data_arguments(parser)
+    parser.add_argument("--few-shot", type=Path, action="append", default=[], help="a k-shot split file (repeatable)")
+    parser.add_argument(
+        "--template", action="append", required=True, help="a prompt template to encode per class (repeatable)"
+    )
+    parser.add_argument(
+        "--views",
+        action="append",
+        default=[],
+        metavar="AUG=N",
+        help="N augmented views per k-shot image with augmentation AUG (tip, dassl; repeatable)",
+    )
+    parser.add_argument("--train-memory-mib", type=float, default=DEFAULT_MEMORY_LIMIT_MIB)
+    parser.add_argument("--out", type=Path, required=True, help="the dataset's feature store folder")
+
+
+def _parse_views(items: list[str]) -> dict[str, int]:
+    views = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ComploraError(f"--views {item}: expected AUG=N with N >= 1, e.g. tip=10")
+        views[name] = int(count)
+    return views
+
+
+def _run_features(args: argparse.Namespace) -> None:
+    from .devices import select_device
+    from .features.store import build_store
+    from .runrecord import Backbone, load_backbone
+
+    _set_threads(args.threads)
+    start = time.perf_counter()
+    device = select_device(args.device)
+    model, tokenizer, transform = load_backbone(Backbone(args.model, args.pretrained), device)
+    figures = build_store(
+        _dataset_ref(args),
+        model,
+        tokenizer,
+        transform,
+        args.few_shot,
+        args.template,
+        _parse_views(args.views),
+        args.out,
+        threads=args.threads or 1,
+        batch_size=args.eval_batch_size,
+        memory_limit_mib=args.train_memory_mib,
+    )
+    print(
+        f"wrote {args.out}: {figures['test_images']} test images, {figures['splits']} k-shot splits, "
+        f"dim {figures['dim']}, {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+
+
+def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation import DEFAULT_TEMPLATE
+    from .methods.families import FAMILIES, FEATURE
+
+    _add_images_and_backbone_arguments(parser)
+    parser.add_argument("--family", required=True, choices=[f for f, spec in FAMILIES.items() if spec.kind == FEATURE])
+    parser.add_argument("--name", help="the method's name in the study (default: the family)")
+    parser.add_argument("--settings", default="{}", help="the family's hyperparameters as JSON (default: official)")
+    parser.add_argument("--features", type=Path, required=True, help="the dataset's feature store folder")
+    parser.add_argument("--model-metadata", type=Path, required=True, help="metadata.json of the weights artifact")
+    parser.add_argument("--few-shot", type=Path, action="append", required=True, help="a k-shot split (repeatable)")
+    parser.add_argument("--zero-shot", type=Path, required=True, help="the dataset's zero-shot metrics.json")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="the study's prompt template")
+    parser.add_argument("--coop-template", action="append", default=[], help="CoOp's prompt(s) for the dataset")
+    parser.add_argument("--out-root", type=Path, required=True, help="the method's folder: shots<k>/seed<s>/")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _run_fit(args: argparse.Namespace) -> None:
+    from .data.testset import DatasetRef
+    from .fitting import FitSpec, fit_and_evaluate
+    from .methods.registry import feature_settings
+    from .runrecord import Backbone
+
+    _set_threads(args.threads)
+    try:
+        given = json.loads(args.settings)
+        settings = feature_settings(args.family, given if isinstance(given, dict) else {"": given})
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ComploraError(f"--settings: {error}") from None
+    spec = FitSpec(
+        dataset=DatasetRef(args.dataset, args.data, args.split_file),
+        name=args.name or args.family,
+        family=args.family,
+        settings=settings,
+        backbone=Backbone(args.model, args.pretrained),
+        features=args.features,
+        few_shot_files=args.few_shot,
+        zero_shot_run=args.zero_shot,
+        model_metadata=args.model_metadata,
+        template=args.template,
+        coop_templates=args.coop_template,
+    )
+    start = time.perf_counter()
+    runs = fit_and_evaluate(spec, args.out_root)
+    accuracies = ", ".join(f"{run['shots']}-shot seed {run['seed']}: {run['accuracy']:.2f}" for run in runs)
+    print(f"wrote {args.out_root}: {accuracies} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
 
 
 def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -487,6 +579,17 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "few-shot LoRA / Comp-LoRA training, then test top-1 and zero-shot retention (writes metrics.json)",
         _add_train_arguments,
         _run_train,
+    ),
+    "features": (
+        "the feature store of a dataset: frozen-tower features of its test split, prompts and k-shot views",
+        _add_features_arguments,
+        _run_features,
+    ),
+    "fit": (
+        "fit a feature-level method (linear probe, Tip-Adapter, ...) on the stored features of each k-shot split, "
+        "then test top-1 (writes metrics.json per split)",
+        _add_fit_arguments,
+        _run_fit,
     ),
     "aggregate": (
         "tables, plots and a summary from the runs' metrics.json files",

@@ -16,6 +16,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from .errors import ComploraError
+from .methods.registry import declare_methods, method_problems
 
 
 def _local_reference(root: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -83,6 +84,8 @@ def _describe(error: Any) -> str:
         return f"{value!r} lists an entry twice"
     if kind == "minItems":
         return f"{value!r} must list at least {expected} entr{'y' if expected == 1 else 'ies'}"
+    if kind == "required":
+        return f"{', '.join(repr(name) for name in expected if name not in value)} must be given"
     if kind == "pattern":
         return f"{value!r} must match the regular expression {expected}"
     return error.message
@@ -123,14 +126,21 @@ def check_config(
     config: dict[str, Any], schema: dict[str, Any], source: str = "config", datasets: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Fill ``config`` in place with the schema's defaults and check it; with ``datasets`` (the known names),
-    also check the dataset lists. Raises one error listing every problem."""
+    also check the dataset lists. Methods are declared first (complora.methods.registry): a variant takes its
+    family's configured keys before the schema fills the defaults. Raises one error listing every problem."""
     if not isinstance(config, dict):
         raise ComploraError(f"{source}: expected a mapping of settings, got {type(config).__name__}")
+    methods_schema = schema.get("properties", {}).get("methods", {})
+    if "methods" not in config and "default" in methods_schema:
+        config["methods"] = copy.deepcopy(methods_schema["default"])  # the entries to declare
+    declare_methods(config)
     validator = _with_defaults(Draft202012Validator, schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: [str(part) for part in error.absolute_path])
     lines = [f"  - {_key(error.absolute_path)}: {_describe(error)}" for error in errors]
     if datasets is not None and not errors:
         lines += _dataset_problems(config, datasets)
+    if "methods" in schema.get("properties", {}):
+        lines += method_problems(config)
     if lines:
         raise ComploraError(f"{source} is not a valid experiment config:\n" + "\n".join(lines))
     return config

@@ -8,24 +8,18 @@ records must come from the same weights and prompt, so a stale zero-shot run is 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 
 from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
 from .atomic import write_json
 from .checkpoint import CHECKPOINT_FILE, Checkpointing
-from .data.images import EvalTransform
 from .data.splits import file_sha256, read_few_shot_split
 from .data.testset import DatasetRef, open_test_split
 from .data.training import DEFAULT_MEMORY_LIMIT_MIB, TrainingImages
@@ -34,27 +28,23 @@ from .errors import ComploraError
 from .evaluation import DEFAULT_BATCH_SIZE, DEFAULT_TEMPLATE, zero_shot_accuracies
 from .finetune import FinetuneSettings, finetune
 from .fingerprint import weights_sha256
-from .models import load_clip
 from .runinfo import package_versions, peak_gpu_memory_mib, peak_rss_mib
+from .runrecord import (
+    METRICS_FILE,
+    ZERO_SHOT,
+    Backbone,
+    common_record,
+    config_hash,
+    data_record,
+    load_backbone,
+    read_zero_shot_run,
+)
 from .sourcehash import source_fingerprint
 from .stopping import StopSignals
 from .subspace import load_projector
 
-METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
-ZERO_SHOT = "zeroshot"
-RESULTS_FORMAT_VERSION = 1
-# Scheduler facts recorded with every run (which GPU a cluster gave it, which job it was).
-ENVIRONMENT_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_PARTITION")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """An open_clip architecture and where its weights come from (tag or checkpoint path)."""
-
-    model: str
-    pretrained: str
 
 
 @dataclass(frozen=True)
@@ -80,42 +70,13 @@ class TrainSpec:
     adapter: AdapterConfig
     settings: FinetuneSettings
     seed: int
+    name: str = ""  # the method's name in the study; default the family's
     zero_shot_runs: list[Path] = field(default_factory=list)
     projector: Path | None = None
 
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the run's settings in canonical JSON: equal hashes mean equal experiments."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    info = {name: os.environ.get(name) for name in ENVIRONMENT_VARIABLES}
-    info["hostname"] = platform.node()
-    info["torch_threads"] = torch.get_num_threads()
-    if device.type == "cuda":
-        info["gpu_name"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _load_backbone(backbone: Backbone, device: torch.device) -> tuple[torch.nn.Module, Any, EvalTransform]:
-    model = load_clip(backbone.model, backbone.pretrained).to(device).eval()
-    return model, open_clip.get_tokenizer(backbone.model), EvalTransform.for_model(model)
-
-
-def _data_record(dataset: DatasetRef) -> dict[str, Any]:
-    cache = str(dataset.eval_cache) if dataset.eval_cache else None
-    return {"root": str(dataset.root), "split_file": str(dataset.split_file), "eval_cache": cache}
-
-
-def _common_record(backbone: Backbone, base_sha256: str, device: torch.device) -> dict[str, Any]:
-    return {
-        "format_version": RESULTS_FORMAT_VERSION,
-        "backbone": {**asdict(backbone), "weights_sha256": base_sha256},
-        "device": str(device),
-        "environment": _environment(device),
-        "versions": package_versions(),
-    }
+    @property
+    def method(self) -> str:
+        return self.name or self.adapter.method
 
 
 def evaluate_zero_shot(
@@ -136,7 +97,7 @@ def evaluate_zero_shot(
     start = time.perf_counter()
     data = data or DataSettings()
     chosen = select_device(device)
-    model, tokenizer, transform = _load_backbone(backbone, chosen)
+    model, tokenizer, transform = load_backbone(backbone, chosen)
     test = open_test_split(dataset, transform, data.threads)
     split_sha256 = file_sha256(dataset.split_file)
     base_sha256 = weights_sha256(model)
@@ -156,9 +117,10 @@ def evaluate_zero_shot(
         "preprocessing_sha256": transform.sha256,
     }
     metrics = {
-        **_common_record(backbone, base_sha256, chosen),
+        **common_record(backbone, base_sha256, chosen),
         "dataset": dataset.name,
         "method": ZERO_SHOT,
+        "family": ZERO_SHOT,
         "shots": 0,
         "seed": None,
         "accuracy": accuracy,
@@ -181,39 +143,11 @@ def evaluate_zero_shot(
         "config": settings,
         "config_hash": config_hash(settings),
         "split_hash": split_sha256,
-        "data": _data_record(dataset),
+        "data": data_record(dataset),
     }
     write_json(out, metrics)
     log.info("zero-shot %s: %.2f%% on %d test images", dataset.name, accuracy, len(test.labels))
     return metrics
-
-
-def _read_zero_shot_run(path: Path, base_sha256: str, template: str, transform: EvalTransform) -> dict[str, Any]:
-    try:
-        run = json.loads(path.read_text())
-        fields = (run["method"], run["backbone"]["weights_sha256"], run["template"], run["split_hash"])
-        method, run_sha256, run_template, split_hash = fields
-        split_file, root = Path(run["data"]["split_file"]), Path(run["data"]["root"])
-        cache = Path(run["data"]["eval_cache"]) if run["data"]["eval_cache"] else None
-        preprocessing = run["config"]["preprocessing_sha256"]
-    except FileNotFoundError:
-        raise ComploraError(f"zero-shot run {path} does not exist; run `complora evaluate` for it first") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ComploraError(f"{path} is not a zero-shot metrics file ({error!r}); rerun `complora evaluate`") from None
-    if method != ZERO_SHOT:
-        raise ComploraError(f"{path}: method is {method!r}, expected a {ZERO_SHOT!r} run")
-    if run_sha256 != base_sha256:
-        raise ComploraError(
-            f"{path} was evaluated with weights {run_sha256[:12]}, this run loads {base_sha256[:12]}: the zero-shot "
-            "run is stale; rerun `complora evaluate` for it"
-        )
-    if run_template != template:
-        raise ComploraError(f"{path} used the prompt {run_template!r}, this run uses {template!r}; rerun it")
-    if preprocessing != transform.sha256:
-        raise ComploraError(f"{path} was evaluated with other image preprocessing than this model's; rerun it")
-    if not split_file.is_file() or file_sha256(split_file) != split_hash:
-        raise ComploraError(f"{path}: its split file {split_file} is missing or changed since; rerun the zero-shot run")
-    return {**run, "dataset_ref": DatasetRef(run["dataset"], root, split_file, cache)}
 
 
 def train_and_evaluate(
@@ -245,12 +179,12 @@ def train_and_evaluate(
         )
     if checkpoint_every < 0:
         raise ComploraError(f"--checkpoint-every {checkpoint_every}: must be 0 (no checkpoints) or more")
-    model, tokenizer, transform = _load_backbone(spec.backbone, chosen)
+    model, tokenizer, transform = load_backbone(spec.backbone, chosen)
     base_sha256 = weights_sha256(model)
     template = spec.settings.template
     references = {}
     for path in spec.zero_shot_runs:
-        run = _read_zero_shot_run(path, base_sha256, template, transform)
+        run = read_zero_shot_run(path, base_sha256, template, transform.sha256)
         references[run["dataset"]] = run
     if dataset.name not in references:
         raise ComploraError(f"no zero-shot run of {dataset.name} was given (--zero-shot); it is the gain's reference")
@@ -261,7 +195,8 @@ def train_and_evaluate(
         adapter.pop("side")
     settings = {
         "dataset": dataset.name,
-        "method": spec.adapter.method,
+        "method": spec.method,
+        "family": spec.adapter.method,
         "shots": split["shots"],
         "seed": spec.seed,
         "backbone": {**asdict(spec.backbone), "weights_sha256": base_sha256},
@@ -328,9 +263,10 @@ def train_and_evaluate(
     save_adapter(model, out_dir / ADAPTER_DIR)
     zero_shot = references[dataset.name]["accuracy"]
     metrics = {
-        **_common_record(spec.backbone, base_sha256, chosen),
+        **common_record(spec.backbone, base_sha256, chosen),
         "dataset": dataset.name,
-        "method": spec.adapter.method,
+        "method": spec.method,
+        "family": spec.adapter.method,
         "shots": split["shots"],
         "seed": spec.seed,
         "accuracy": accuracy,
@@ -361,7 +297,7 @@ def train_and_evaluate(
         "config": settings,
         "config_hash": config_hash(settings),
         "split_hash": split_hash,
-        "data": {**_data_record(dataset), "few_shot": str(spec.few_shot_file)},
+        "data": {**data_record(dataset), "few_shot": str(spec.few_shot_file)},
         "projector_sha256": projector_sha256,
     }
     write_json(out_dir / METRICS_FILE, metrics)
@@ -370,7 +306,7 @@ def train_and_evaluate(
     log.info(
         "%s %s %d-shot seed %d: %.2f%% (zero-shot %.2f%%), mean retention %s, %.1f s",
         dataset.name,
-        spec.adapter.method,
+        spec.method,
         split["shots"],
         spec.seed,
         accuracy,

@@ -1,4 +1,5 @@
 # The experiment grid and paths, computed once from the checked config.
+import json
 import re
 import shlex
 from pathlib import Path
@@ -10,6 +11,8 @@ from complora.data.imagelibs import library_versions
 from complora.data.registry import load_registry
 from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
+from complora.methods.families import ADAPTER, FEATURE, store_views, views_needed
+from complora.methods.registry import study_methods
 from complora.sourcehash import source_fingerprint
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -31,11 +34,22 @@ CODE = {
     "few_shot_split": source_fingerprint("complora.data.splits"),
     "eval_cache": source_fingerprint("complora.data.evalcache", "complora.models"),
     "projector": source_fingerprint("complora.subspace"),
-    "evaluate": source_fingerprint("complora.experiment"),
+    "evaluate": source_fingerprint("complora.experiment", "complora.methods.lora"),
+    "features": source_fingerprint("complora.features.store"),
     "aggregate": source_fingerprint("complora.aggregate"),
 }
 ZERO_SHOT = "zeroshot"
-TRAINED_METHODS = [method for method in config["methods"] if method != ZERO_SHOT]
+# The methods by name (complora.methods.registry): adapter families train one job per run, feature-level
+# families fit one job per (dataset, method) over every shot and seed, on the dataset's feature store.
+METHODS = study_methods(config)
+ADAPTER_METHODS = [name for name, method in METHODS.items() if method.kind == ADAPTER]
+FEATURE_METHODS = [name for name, method in METHODS.items() if method.kind == FEATURE]
+TRAINED_METHODS = ADAPTER_METHODS + FEATURE_METHODS
+# Editing a family's module reruns that family's jobs only.
+FIT_CODE = {
+    name: source_fingerprint("complora.fitting", f"complora.methods.{METHODS[name].spec.module}")
+    for name in FEATURE_METHODS
+}
 DATASETS = config["datasets"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
@@ -124,10 +138,18 @@ def run_dir(dataset, method, shots, seed):
     return f"results/runs/{dataset}/{method}/shots{shots}/seed{seed}"
 
 
+def method_datasets(method):
+    return list(METHODS[method].datasets or DATASETS)
+
+
+def method_shots(method):
+    return list(METHODS[method].shots or SHOTS)
+
+
 def method_flags(method):
     """The `complora train` flags for one method's hyperparameters (the rule's params: a change reruns that
     method's jobs only)."""
-    settings = dict(config["hyperparameters"][method])
+    settings = dict(METHODS[method].settings)
     settings.pop("iterations_per_shot")
     flags = []
     for name, value in sorted(settings.items()):
@@ -144,16 +166,50 @@ def train_inputs(wildcards):
         "zero_shot": [zero_shot_metrics(d) for d in [wildcards.dataset, *retention_datasets(wildcards.dataset)]],
         "eval_caches": eval_caches([wildcards.dataset, *retention_datasets(wildcards.dataset)]),
     }
-    if wildcards.method == "complora":
+    if METHODS[wildcards.method].spec.needs_projector:
         inputs["projector"] = PROJECTOR
     return inputs
 
 
+def few_shot_splits(dataset):
+    return [f"resources/splits/{dataset}/shots{shots}_seed{seed}.json" for shots in SHOTS for seed in SEEDS]
+
+
+def features_dir(dataset):
+    """A dataset's feature store: frozen-tower features for every feature-level method and seed."""
+    return f"resources/features/{dataset}/{BACKBONE_ID}"
+
+
+def feature_files(dataset):
+    support = [f"support_shots{shots}_seed{seed}.safetensors" for shots in SHOTS for seed in SEEDS]
+    return [f"{features_dir(dataset)}/{name}" for name in ["test.safetensors", "text.safetensors", *support]]
+
+
+def coop_templates(dataset):
+    """CoOp's prompt(s) for a benchmark; the study's prompt for the demo's and custom datasets."""
+    return list(REGISTRY[dataset].templates) if dataset in REGISTRY else [config["prompt_template"]]
+
+
+# Augmented views per k-shot image the store keeps: the official counts, or more where a method reads more
+# (view i is the same whatever the count, so a method reading fewer sees the same views).
+STORE_VIEWS = store_views([views_needed(METHODS[name].family, METHODS[name].settings) for name in FEATURE_METHODS])
+FEATURE_DATASETS = sorted({dataset for name in FEATURE_METHODS for dataset in method_datasets(name)})
+if not FEATURE_DATASETS:
+    # dvc.yaml declares the store's folder whatever the config, and DVC refuses an output that is missing.
+    Path("resources/features").mkdir(parents=True, exist_ok=True)
+COMPLORA_METHODS = [method for method in METHODS.values() if method.family == "complora"]
+# The projector holds the bases of every matrix any Comp-LoRA method adapts, up to k = 64 or the largest k
+# asked for: a variant with k <= 64 leaves it, and every other Comp-LoRA run, alone.
+PROJECTOR_K = max([64, *(method.settings["k"] for method in COMPLORA_METHODS)])
+PROJECTOR_TARGETS = sorted({t for method in COMPLORA_METHODS for t in method.settings["targets"]} or {"q", "k", "v"})
+PROJECTOR_TOWERS = sorted({t for method in COMPLORA_METHODS for t in method.settings["towers"]} or {"vision", "text"})
+
+
 RUN_METRICS = [
     f"{run_dir(dataset, method, shots, seed)}/metrics.json"
-    for dataset in DATASETS
     for method in TRAINED_METHODS
-    for shots in SHOTS
+    for dataset in method_datasets(method)
+    for shots in method_shots(method)
     for seed in SEEDS
 ]
 TABLE_METRICS = (

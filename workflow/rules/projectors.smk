@@ -11,9 +11,9 @@ rule projector:
         code=CODE["projector"],
         model=BACKBONE,
         checkpoint=CHECKPOINT,
-        k_max=config["hyperparameters"]["complora"]["k"],
-        targets=" ".join(config["hyperparameters"]["complora"]["targets"]),
-        towers=" ".join(config["hyperparameters"]["complora"]["towers"]),
+        k_max=PROJECTOR_K,
+        targets=" ".join(PROJECTOR_TARGETS),
+        towers=" ".join(PROJECTOR_TOWERS),
     conda:
         "../envs/complora.yaml"
     log:

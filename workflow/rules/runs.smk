@@ -36,6 +36,8 @@ rule zero_shot:
 
 
 rule train:
+    wildcard_constraints:
+        method=name_pattern(ADAPTER_METHODS),
     input:
         unpack(train_inputs),
     output:
@@ -47,8 +49,9 @@ rule train:
         checkpoint=CHECKPOINT,
         root=lambda wildcards: dataset_root(wildcards.dataset),
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        family=lambda wildcards: METHODS[wildcards.method].family,
         iterations=lambda wildcards: int(wildcards.shots)
-        * config["hyperparameters"][wildcards.method]["iterations_per_shot"],
+        * METHODS[wildcards.method].settings["iterations_per_shot"],
         hyperparameters=lambda wildcards: method_flags(wildcards.method),
         template=config["prompt_template"],
         zero_shot=lambda wildcards, input: " ".join(f"--zero-shot {path}" for path in input.zero_shot),
@@ -71,7 +74,7 @@ rule train:
         "results/runs/{dataset}/{method}/shots{shots}/seed{seed}/train.log",
     shell:
         "complora train --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --few-shot {input.split} --seed {wildcards.seed} --method {wildcards.method}"
+        " --few-shot {input.split} --seed {wildcards.seed} --method {params.family} --name {wildcards.method}"
         " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
         " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
         " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"

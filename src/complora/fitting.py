@@ -1,0 +1,211 @@
+"""One feature-level method on one dataset: fitted on each k-shot split's stored features (complora.features),
+then classifying the stored test features. Each family (complora.methods) fits through the same code; its
+fit sees the k-shot split's train and val features and the prompts' text features, never the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import write_json
+from .data.splits import file_sha256, read_few_shot_split
+from .data.testset import DatasetRef
+from .errors import ComploraError
+from .evaluation import DEFAULT_TEMPLATE, predictions_sha256
+from .features.store import FeatureStore, StoreKey
+from .methods.feature import FeatureTask
+from .methods.registry import implementation
+from .runinfo import peak_rss_mib
+from .runrecord import METRICS_FILE, Backbone, common_record, config_hash, data_record, read_zero_shot_run
+from .tensorfile import save_tensors
+
+CLASSIFIER_FILE = "classifier.safetensors"
+TEST_BATCH = 4096
+# What the retention table says for a method whose towers are the pretrained ones: their zero-shot
+# accuracy elsewhere is the pretrained model's by construction, so there is nothing to re-measure.
+ENCODERS_UNCHANGED = "encoders unchanged"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One feature-level method on one dataset, for every k-shot split given."""
+
+    dataset: DatasetRef
+    name: str
+    family: str
+    settings: dict[str, Any]
+    backbone: Backbone
+    features: Path  # the dataset's feature store folder
+    few_shot_files: list[Path]
+    zero_shot_run: Path
+    model_metadata: Path  # metadata.json of the weights artifact: the weights every input must come from
+    template: str = DEFAULT_TEMPLATE
+    coop_templates: Sequence[str] = ()
+
+
+def _weights_of_artifact(path: Path) -> str:
+    try:
+        return json.loads(path.read_text())["weights_sha256"]
+    except FileNotFoundError:
+        raise ComploraError(f"weights metadata {path} does not exist; prepare the pretrained model first") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ComploraError(f"{path} is not a weights metadata file ({error!r}); rebuild the model artifact") from None
+
+
+def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
+    """Fit the method on each k-shot split's stored features, then classify the test features; writes
+    ``<out_root>/shots<k>/seed<s>/`` (classifier.safetensors, then metrics.json) per split. The family's fit
+    sees the k-shot split's train and val features and the prompts' text features, never the test split.
+
+    Every input is checked first: the zero-shot run and every store file must come from the weights of
+    ``spec.model_metadata``, the same preprocessing, and today's split files."""
+    start = time.perf_counter()
+    base_sha256 = _weights_of_artifact(spec.model_metadata)
+    reference = read_zero_shot_run(spec.zero_shot_run, base_sha256, spec.template, None)
+    preprocessing = reference["config"]["preprocessing_sha256"]  # the store must share it
+    if reference["dataset"] != spec.dataset.name:
+        raise ComploraError(
+            f"{spec.zero_shot_run} is the zero-shot run of {reference['dataset']}, not {spec.dataset.name}"
+        )
+    store = FeatureStore(
+        spec.features, StoreKey(spec.dataset.name, base_sha256, preprocessing), spec.dataset.split_file
+    )
+    text, test = store.text(), store.test()
+    family = implementation(spec.family)
+    splits = [(path, read_few_shot_split(path)) for path in spec.few_shot_files]
+    for path, _ in splits:  # every split's features checked before any fitting, then read one at a time
+        store.support(path, load=False)
+    results = []
+    for path, split in splits:
+        support = store.support(path)
+        missing = sorted(set(range(len(split["classnames"]))) - set(support.train_labels.tolist()))
+        if missing:
+            raise ComploraError(
+                f"k-shot split {path} has no training image of class(es) {missing}; every class needs one (the "
+                "dataset's train split lacks them: add images of those classes)"
+            )
+        if text.classnames != split["classnames"]:
+            raise ComploraError(f"{spec.features}: the text features' classes are not those of {path}; rebuild them")
+        task = FeatureTask(
+            spec.dataset.name,
+            split["shots"],
+            split["seed"],
+            split["classnames"],
+            support,
+            text,
+            spec.template,
+            list(spec.coop_templates) or [spec.template],
+        )
+        fit_start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(split["seed"])
+            fitted = family.fit(spec.family, task, dict(spec.settings))
+        fit_seconds = time.perf_counter() - fit_start
+        eval_start = time.perf_counter()
+        classifier = fitted.classifier.eval()
+        with torch.no_grad():  # in batches: a Tip-Adapter cache on ImageNet is 16,000 keys per test image
+            predicted = torch.cat([classifier(batch).argmax(dim=-1) for batch in test.features.split(TEST_BATCH)])
+        correct = (predicted == test.labels).sum()
+        accuracy = round(100.0 * (correct.float() / len(test.labels)).item(), 2)
+        eval_seconds = time.perf_counter() - eval_start
+        results.append(
+            _write_fit_run(
+                spec,
+                out_root,
+                split,
+                path,
+                fitted,
+                reference,
+                base_sha256,
+                accuracy,
+                predicted,
+                fit_seconds,
+                eval_seconds,
+                time.perf_counter() - start,
+            )
+        )
+    return results
+
+
+def _write_fit_run(
+    spec,
+    out_root,
+    split,
+    path,
+    fitted,
+    reference,
+    base_sha256,
+    accuracy,
+    predicted,
+    fit_seconds,
+    eval_seconds,
+    wall_seconds,
+) -> dict[str, Any]:
+    out_dir = out_root / f"shots{split['shots']}" / f"seed{split['seed']}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    settings = {
+        "dataset": spec.dataset.name,
+        "method": spec.name,
+        "family": spec.family,
+        "shots": split["shots"],
+        "seed": split["seed"],
+        "backbone": {**asdict(spec.backbone), "weights_sha256": base_sha256},
+        "hyperparameters": fitted.settings,
+        "preprocessing_sha256": reference["config"]["preprocessing_sha256"],
+        "template": spec.template,
+        "coop_templates": list(spec.coop_templates),
+    }
+    save_tensors({name: t.detach() for name, t in fitted.classifier.state_dict().items()}, out_dir / CLASSIFIER_FILE)
+    zero_shot = reference["accuracy"]
+    metrics = {
+        **common_record(spec.backbone, base_sha256, torch.device("cpu")),
+        "dataset": spec.dataset.name,
+        "method": spec.name,
+        "family": spec.family,
+        "shots": split["shots"],
+        "seed": split["seed"],
+        "accuracy": accuracy,
+        "zero_shot_accuracy": zero_shot,
+        "gain": round(accuracy - zero_shot, 2),
+        "test_size": len(predicted),
+        "classes": len(split["classnames"]),
+        "template": spec.template,
+        "predictions_sha256": predictions_sha256(predicted),
+        "retention": {},
+        "retention_accuracy": {},
+        "mean_retention": None,
+        "retention_status": ENCODERS_UNCHANGED,
+        "trainable_parameters": fitted.trainable_parameters,
+        "iterations": fitted.figures.get("iterations", 0),
+        "fit": fitted.figures,
+        "train_seconds": round(fit_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "wall_seconds": round(wall_seconds, 2),
+        "peak_memory_mib": peak_rss_mib(),
+        "peak_gpu_memory_mib": None,
+        "config": settings,
+        "config_hash": config_hash(settings),
+        "split_hash": file_sha256(path),
+        "data": {**data_record(spec.dataset), "few_shot": str(path), "features": str(spec.features)},
+    }
+    write_json(out_dir / METRICS_FILE, metrics)
+    log.info(
+        "%s %s %d-shot seed %d: %.2f%% (zero-shot %.2f%%)",
+        spec.dataset.name,
+        spec.name,
+        split["shots"],
+        split["seed"],
+        accuracy,
+        zero_shot,
+    )
+    return metrics
