@@ -115,40 +115,37 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
         with torch.no_grad():  # in batches: a Tip-Adapter cache on ImageNet is 16,000 keys per test image
             predicted = torch.cat([classifier(batch).argmax(dim=-1) for batch in test.features.split(TEST_BATCH)])
         correct = (predicted == test.labels).sum()
-        accuracy = round(100.0 * (correct.float() / len(test.labels)).item(), 2)
-        eval_seconds = time.perf_counter() - eval_start
-        results.append(
-            _write_fit_run(
-                spec,
-                out_root,
-                split,
-                path,
-                fitted,
-                reference,
-                base_sha256,
-                accuracy,
-                predicted,
-                fit_seconds,
-                eval_seconds,
-                time.perf_counter() - start,
-            )
+        outcome = _Outcome(
+            accuracy=round(100.0 * (correct.float() / len(test.labels)).item(), 2),
+            predicted=predicted,
+            fit_seconds=fit_seconds,
+            eval_seconds=time.perf_counter() - eval_start,
+            wall_seconds=time.perf_counter() - start,
         )
+        results.append(_write_fit_run(spec, out_root, split, path, fitted, reference, base_sha256, outcome))
     return results
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What one cell measured."""
+
+    accuracy: float
+    predicted: torch.Tensor
+    fit_seconds: float
+    eval_seconds: float
+    wall_seconds: float
+
+
 def _write_fit_run(
-    spec,
-    out_root,
-    split,
-    path,
-    fitted,
-    reference,
-    base_sha256,
-    accuracy,
-    predicted,
-    fit_seconds,
-    eval_seconds,
-    wall_seconds,
+    spec: FitSpec,
+    out_root: Path,
+    split: dict[str, Any],
+    path: Path,
+    fitted: Any,
+    reference: dict[str, Any],
+    base_sha256: str,
+    outcome: _Outcome,
 ) -> dict[str, Any]:
     out_dir = out_root / f"shots{split['shots']}" / f"seed{split['seed']}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,13 +171,13 @@ def _write_fit_run(
         "family": spec.family,
         "shots": split["shots"],
         "seed": split["seed"],
-        "accuracy": accuracy,
+        "accuracy": outcome.accuracy,
         "zero_shot_accuracy": zero_shot,
-        "gain": round(accuracy - zero_shot, 2),
-        "test_size": len(predicted),
+        "gain": round(outcome.accuracy - zero_shot, 2),
+        "test_size": len(outcome.predicted),
         "classes": len(split["classnames"]),
         "template": spec.template,
-        "predictions_sha256": predictions_sha256(predicted),
+        "predictions_sha256": predictions_sha256(outcome.predicted),
         "retention": {},
         "retention_accuracy": {},
         "mean_retention": None,
@@ -188,9 +185,9 @@ def _write_fit_run(
         "trainable_parameters": fitted.trainable_parameters,
         "iterations": fitted.figures.get("iterations", 0),
         "fit": fitted.figures,
-        "train_seconds": round(fit_seconds, 3),
-        "eval_seconds": round(eval_seconds, 3),
-        "wall_seconds": round(wall_seconds, 2),
+        "train_seconds": round(outcome.fit_seconds, 3),
+        "eval_seconds": round(outcome.eval_seconds, 3),
+        "wall_seconds": round(outcome.wall_seconds, 2),
         "peak_memory_mib": peak_rss_mib(),
         "peak_gpu_memory_mib": None,
         "config": settings,
@@ -205,7 +202,7 @@ def _write_fit_run(
         spec.name,
         split["shots"],
         split["seed"],
-        accuracy,
+        outcome.accuracy,
         zero_shot,
     )
     return metrics

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feature import FeatureTask, Fitted, dassl_training, text_weights
+from .feature import FeatureTask, Fitted, dassl_training, schedule, text_weights
 from .taskres import official_prompts
 
 _CLAP = {
@@ -82,13 +82,5 @@ def fit(family: str, task: FeatureTask, settings: dict[str, Any]) -> Fitted:
         momentum=settings["momentum"],
         weight_decay=settings["weight_decay"],
     )
-    figures |= dassl_training(
-        model,
-        optimizer,
-        batches,
-        epochs=settings["epochs"],
-        learning_rate=settings["learning_rate"],
-        warmup_learning_rate=settings["warmup_learning_rate"],
-        penalty=penalty,
-    )
+    figures |= dassl_training(model, optimizer, batches, **schedule(settings), penalty=penalty)
     return Fitted(model, settings, figures)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feature import FeatureTask, Fitted, coop_epochs, cycled_view_batches, dassl_training, seeded_init, text_weights
+from .feature import FeatureTask, Fitted, coop_epochs, seeded_init, text_weights, train_on_views
 
 # The official values (the config schema holds the same defaults; a test keeps the two equal).
 DEFAULTS = {
@@ -67,15 +67,4 @@ def fit(family: str, task: FeatureTask, settings: dict[str, Any]) -> Fitted:
         momentum=settings["momentum"],
         weight_decay=settings["weight_decay"],
     )
-    generator = torch.Generator().manual_seed(task.seed)
-    views = task.support.augmented("dassl", settings["views"])
-    batches = cycled_view_batches(views, task.support.train_labels, settings["batch_size"], generator)
-    figures = dassl_training(
-        model,
-        optimizer,
-        batches,
-        epochs=settings["epochs"],
-        learning_rate=settings["learning_rate"],
-        warmup_learning_rate=settings["warmup_learning_rate"],
-    )
-    return Fitted(model, settings, figures)
+    return Fitted(model, settings, train_on_views(model, optimizer, task, settings))

@@ -163,6 +163,19 @@ def dassl_training(
     return {"iterations": iterations, "final_loss": round(loss.item(), 4)}
 
 
+def schedule(settings: dict[str, Any]) -> dict[str, Any]:
+    """The Dassl schedule keys of a family's settings, as :func:`dassl_training` takes them."""
+    return {key: settings[key] for key in ("epochs", "learning_rate", "warmup_learning_rate")}
+
+
+def train_on_views(model: nn.Module, optimizer: torch.optim.Optimizer, task: FeatureTask, settings: dict[str, Any]):
+    """Dassl training on the k-shot split's cached Dassl views, one view standing for each epoch's crops."""
+    generator = torch.Generator().manual_seed(task.seed)
+    views = task.support.augmented("dassl", settings["views"])
+    batches = cycled_view_batches(views, task.support.train_labels, settings["batch_size"], generator)
+    return dassl_training(model, optimizer, batches, **schedule(settings))
+
+
 def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     """A module whose random initialisation comes from ``seed``, leaving the global generator alone."""
     with torch.random.fork_rng(devices=[]):
