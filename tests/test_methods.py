@@ -333,6 +333,18 @@ def test_a_store_is_built_whole_and_never_over_another_folder(store: dict, tmp_p
     assert not list(tmp_path.glob(".s.staging-*"))
 
 
+def test_a_split_without_training_images_of_a_class_is_refused(store: dict, tmp_path: Path):
+    split = json.loads(store["splits"][0].read_text())
+    split["train"] = [entry for entry in split["train"] if entry[1] != 2]
+    lacking = tmp_path / "shots1_seed1.json"
+    lacking.write_text(json.dumps(split))
+    model, tokenizer, transform = load_backbone(store["backbone"], torch.device("cpu"))
+    build_store(store["dataset"], model, tokenizer, transform, [lacking], [TEMPLATE], VIEWS, tmp_path / "f")
+    spec = fit_spec(store, "clap", features=tmp_path / "f")
+    with pytest.raises(ComploraError, match=r"no training image of class\(es\) \[2\]"):
+        fit_and_evaluate(FitSpec(**{**spec.__dict__, "few_shot_files": [lacking]}), tmp_path / "out")
+
+
 def test_the_fit_verb_refuses_unknown_settings_by_name(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture):
     from complora.cli import main
 
