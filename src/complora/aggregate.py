@@ -19,7 +19,7 @@ from typing import Any
 
 from .atomic import atomic_path
 from .errors import ComploraError
-from .methods.families import FAMILIES, PUBLISHED_NAMES
+from .methods.families import ENCODERS_UNCHANGED, FAMILIES, PUBLISHED_NAMES
 from .methods.registry import method_label
 
 ZERO_SHOT = "zeroshot"
@@ -29,7 +29,6 @@ ZERO_SHOT_METHODS = (ZERO_SHOT, ZERO_SHOT_COOP)
 REQUIRED_FIELDS = ("dataset", "method", "shots", "seed", "accuracy", "retention", "backbone", "config_hash")
 PUBLISHED_SUFFIX = " (published)"
 MEAN = "mean"  # the retention_dataset value of rows averaged over every retention dataset
-ENCODERS_UNCHANGED = "encoders unchanged"
 FAMILY_ORDER = [ZERO_SHOT, ZERO_SHOT_COOP, *FAMILIES]
 
 

@@ -21,6 +21,7 @@ from .data.testset import DatasetRef
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, predictions_sha256
 from .features.store import FeatureStore, StoreKey
+from .methods.families import ENCODERS_UNCHANGED
 from .methods.feature import FeatureTask
 from .methods.registry import implementation
 from .runinfo import peak_rss_mib
@@ -29,9 +30,6 @@ from .tensorfile import save_tensors
 
 CLASSIFIER_FILE = "classifier.safetensors"
 TEST_BATCH = 4096
-# What the retention table says for a method whose towers are the pretrained ones: their zero-shot
-# accuracy elsewhere is the pretrained model's by construction, so there is nothing to re-measure.
-ENCODERS_UNCHANGED = "encoders unchanged"
 log = logging.getLogger(__name__)
 
 

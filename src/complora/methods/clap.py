@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .feature import FeatureTask, Fitted, dassl_training, schedule, text_weights
+from .feature import FeatureTask, Fitted, cosine_logits, dassl_training, schedule, text_weights
 from .taskres import official_prompts
 
 _CLAP = {
@@ -42,7 +41,7 @@ class Prototypes(nn.Module):
         self.scale = scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+        return cosine_logits(features, self.prototypes, self.scale)
 
 
 def class_confidence(model: Prototypes, features: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:

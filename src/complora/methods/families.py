@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ZERO_SHOT, ADAPTER, FEATURE = "zeroshot", "adapter", "feature"
+# The retention of a method whose towers stay the pretrained ones (every feature-level family): their
+# zero-shot accuracy elsewhere is the pretrained model's by construction, so there is nothing to re-measure.
+ENCODERS_UNCHANGED = "encoders unchanged"
 # Augmented views of the k-shot images that feature-level families read (reference/baselines.md, §7):
 # Tip-Adapter's RandomResizedCrop(0.5-1) + flip and Dassl's RandomResizedCrop(0.08-1) + flip.
 AUGMENTATIONS = {"tip": (0.5, 1.0), "dassl": (0.08, 1.0)}

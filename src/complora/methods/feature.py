@@ -60,9 +60,6 @@ class Fitted:
         return sum(p.numel() for p in self.classifier.parameters())
 
 
-FitFunction = Callable[[str, FeatureTask, dict[str, Any]], Fitted]
-
-
 def text_weights(text: TextFeatures, templates: list[str], rule: str) -> torch.Tensor:
     """(C, D) text classifier from templates: ``normalized`` averages the unit features and renormalises
     (Tip-Adapter, LP++, CLIP-LoRA); ``raw`` averages the raw features (TaskRes, CLAP), left un-normalised."""
@@ -109,10 +106,6 @@ def epoch_batches(count: int, batch_size: int, generator: torch.Generator) -> li
 def view_of_epoch(views: torch.Tensor, epoch: int) -> torch.Tensor:
     """The cached augmented view that stands for the fresh augmentation of epoch ``epoch``."""
     return views[epoch % len(views)]
-
-
-def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    return F.one_hot(labels, classes).float()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

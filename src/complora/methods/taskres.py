@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .feature import IMAGENET, FeatureTask, Fitted, text_weights, train_on_views
+from .feature import IMAGENET, FeatureTask, Fitted, cosine_logits, text_weights, train_on_views
 
 # The official values (the config schema holds the same defaults; a test keeps the two equal).
 DEFAULTS = {
@@ -43,8 +42,7 @@ class TaskResidual(nn.Module):
         self.alpha, self.scale = alpha, scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weights = self.base + self.alpha * self.residual
-        return self.scale * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).T
+        return cosine_logits(features, self.base + self.alpha * self.residual, self.scale)
 
 
 def official_prompts(task: FeatureTask) -> str:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feature import FeatureTask, Fitted, accuracy, one_hot, text_weights, view_of_epoch
+from .feature import FeatureTask, Fitted, accuracy, text_weights, view_of_epoch
 
 # The official per-dataset configs: init_alpha, search_scale [largest beta, largest alpha], Tip-F epochs.
 OFFICIAL = {
@@ -130,7 +130,7 @@ def fit(family: str, task: FeatureTask, settings: dict[str, Any]) -> Fitted:
     support = task.support
     text = text_weights(task.text, task.prompts(settings["prompts"], "coop"), "normalized")
     keys = F.normalize(support.augmented("tip", settings["augment_views"]).mean(dim=0), dim=-1)
-    values = one_hot(support.train_labels, len(task.classnames))
+    values = F.one_hot(support.train_labels, len(task.classnames)).float()
     trained = family == "tip_adapter_f"
     model = TipAdapter(
         text, keys, values, settings["init_alpha"], settings["init_beta"], settings["logit_scale"], train_keys=trained
