@@ -115,6 +115,29 @@ def _check_seed(seed: int) -> None:
         raise ComploraError(f"--seed {seed}: must be 0 or more")
 
 
+def _add_request_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--request",
+        type=Path,
+        help="what the workflow asked this job for (JSON, recorded as is in metrics.json: a later config that "
+        "asks for something else finds the run stale)",
+    )
+
+
+def _read_request(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        request = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ComploraError(f"--request {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ComploraError(f"--request {path} is not JSON ({error}); let the workflow rewrite it") from None
+    if not isinstance(request, dict):
+        raise ComploraError(f"--request {path}: expected a JSON object")
+    return request
+
+
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -210,6 +233,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="CoOp's prompt for the dataset (repeatable: an ensemble); its accuracy is recorded as well",
     )
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
+    _add_request_argument(parser)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -224,6 +248,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         device=args.device,
         coop_templates=args.coop_template,
         data=_data_settings(args),
+        request=_read_request(args.request),
     )
 
 
@@ -284,7 +309,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "retention dataset",
     )
     parser.add_argument("--projector", type=Path, help="cached principal bases (complora; default: SVD now)")
-    parser.add_argument("--out-dir", type=Path, required=True, help="run folder: adapter/ and metrics.json")
+    parser.add_argument("--out-dir", type=Path, required=True, help="run folder: adapter/, curve.csv, metrics.json")
+    _add_request_argument(parser)
     parser.add_argument(
         "--checkpoint-every",
         type=int,
@@ -333,6 +359,7 @@ def _run_train(args: argparse.Namespace) -> None:
         name=args.name or args.method,
         zero_shot_runs=args.zero_shot,
         projector=args.projector,
+        request=_read_request(args.request),
     )
     try:
         with StopSignals() as stop:
@@ -425,6 +452,13 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="the study's prompt template")
     parser.add_argument("--coop-template", action="append", default=[], help="CoOp's prompt(s) for the dataset")
     parser.add_argument("--out-root", type=Path, required=True, help="the method's folder: shots<k>/seed<s>/")
+    parser.add_argument(
+        "--request",
+        type=Path,
+        action="append",
+        default=[],
+        help="what the workflow asked for one k-shot split (JSON, recorded as is; one per --few-shot, same order)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
 
@@ -452,6 +486,7 @@ def _run_fit(args: argparse.Namespace) -> None:
         model_metadata=args.model_metadata,
         template=args.template,
         coop_templates=args.coop_template,
+        requests=[_read_request(path) for path in args.request],
     )
     start = time.perf_counter()
     runs = fit_and_evaluate(spec, args.out_root)
@@ -463,6 +498,17 @@ def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", nargs="+", type=Path, help="the runs' metrics.json files")
     parser.add_argument("--out", type=Path, required=True, help="results folder: tables/, plots/, summary.md")
     parser.add_argument("--reference", type=Path, help="published numbers to show beside ours (Table 3 CSV)")
+    parser.add_argument(
+        "--requests",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="what the workflow asked of each run (one request file per metrics file, same order): a run that "
+        "answers another request is refused as stale",
+    )
+    parser.add_argument(
+        "--model-metadata", type=Path, help="metadata.json of the weights artifact: every run must come from it"
+    )
 
 
 def _run_aggregate(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .adapters import AdapterConfig, inject, save_adapter, trainable_parameters
-from .atomic import write_json
+from .atomic import atomic_path, write_json
 from .checkpoint import CHECKPOINT_FILE, Checkpointing
 from .data.splits import file_sha256, read_few_shot_split
 from .data.testset import DatasetRef, open_test_split
@@ -44,6 +44,7 @@ from .stopping import StopSignals
 from .subspace import load_projector
 
 ADAPTER_DIR = "adapter"
+CURVE_FILE = "curve.csv"
 log = logging.getLogger(__name__)
 
 
@@ -73,10 +74,20 @@ class TrainSpec:
     name: str = ""  # the method's name in the study; default the family's
     zero_shot_runs: list[Path] = field(default_factory=list)
     projector: Path | None = None
+    request: dict[str, Any] | None = None  # what the workflow asked for (complora.runrequest), recorded as is
 
     @property
     def method(self) -> str:
         return self.name or self.adapter.method
+
+
+def write_curve(path: Path, curve: list[tuple[int, float, float]]) -> None:
+    """The training curve as a small CSV: step, loss (mean since the previous row), learning_rate."""
+    import pandas as pd
+
+    table = pd.DataFrame(curve, columns=["step", "loss", "learning_rate"])
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6g")
 
 
 def evaluate_zero_shot(
@@ -88,6 +99,7 @@ def evaluate_zero_shot(
     device: str = "auto",
     coop_templates: Sequence[str] = (),
     data: DataSettings | None = None,
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Zero-shot top-1 of the pretrained model on the dataset's test split; writes ``out`` (metrics.json).
 
@@ -144,6 +156,7 @@ def evaluate_zero_shot(
         "config_hash": config_hash(settings),
         "split_hash": split_sha256,
         "data": data_record(dataset),
+        "request": request,
     }
     write_json(out, metrics)
     log.info("zero-shot %s: %.2f%% on %d test images", dataset.name, accuracy, len(test.labels))
@@ -160,7 +173,8 @@ def train_and_evaluate(
     data: DataSettings | None = None,
 ) -> dict[str, Any]:
     """Few-shot training of ``spec.adapter`` on the k-shot split, then top-1 on the test split and zero-shot
-    retention on every other dataset that has a zero-shot run. Writes ``adapter/`` and, last, metrics.json.
+    retention on every other dataset that has a zero-shot run. Writes ``adapter/``, ``curve.csv`` (the
+    training curve) and, last, metrics.json.
 
     With ``checkpoint_every`` > 0, training keeps ``checkpoint.pt`` in ``out_dir`` (every that many steps and
     at the end) and a rerun of the same run resumes from it; it is removed once metrics.json is written."""
@@ -261,6 +275,7 @@ def train_and_evaluate(
     if stop:
         stop.disarm()  # the results are complete: a signal from here on would only throw them away
     save_adapter(model, out_dir / ADAPTER_DIR)
+    write_curve(out_dir / CURVE_FILE, figures["curve"])
     zero_shot = references[dataset.name]["accuracy"]
     metrics = {
         **common_record(spec.backbone, base_sha256, chosen),
@@ -299,6 +314,7 @@ def train_and_evaluate(
         "split_hash": split_hash,
         "data": {**data_record(dataset), "few_shot": str(spec.few_shot_file)},
         "projector_sha256": projector_sha256,
+        "request": spec.request,
     }
     write_json(out_dir / METRICS_FILE, metrics)
     if checkpointing:

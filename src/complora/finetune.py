@@ -52,6 +52,11 @@ class FinetuneSettings:
             raise ComploraError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
 
 
+def curve_interval(iterations: int) -> int:
+    """Steps between the training curve's points: about a hundred per run, whatever its length."""
+    return max(1, iterations // 100)
+
+
 def _text_tower_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("visual."))
 
@@ -66,6 +71,10 @@ class _LoopState:
     position: int = 0
     loss: float = 0.0
     train_seconds: float = 0.0
+    # The training curve: (step, mean loss since the previous point, learning rate of the step).
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    window_loss: float = 0.0
+    window_steps: int = 0
 
 
 def _snapshot(
@@ -130,7 +139,10 @@ def finetune(
 
     With ``checkpointing`` the run resumes from the checkpoint it finds (if it is this run's) and saves one
     every ``checkpointing.every`` steps and at the end; with ``stop``, a SIGTERM / SIGINT during a step
-    saves a checkpoint after that step and raises :class:`JobStopped`."""
+    saves a checkpoint after that step and raises :class:`JobStopped`.
+
+    ``curve`` in the result: (step, mean loss over the steps since the previous point, learning rate) about a
+    hundred times per run (:func:`curve_interval`), kept in the checkpoint so a resumed run has all of it."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
@@ -156,6 +168,7 @@ def finetune(
         if checkpointing:
             checkpointing.save(_snapshot(model, optimizer, schedule, generator, loop, device))
 
+    every = curve_interval(settings.iterations)
     model.train()
     session_start = time.perf_counter()
     progress = progress_bar(total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False)
@@ -179,9 +192,15 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            learning_rate = optimizer.param_groups[0]["lr"]
             schedule.step()
             loop.step += 1
             loop.loss = loss.item()
+            loop.window_loss += loop.loss
+            loop.window_steps += 1
+            if loop.step % every == 0 or loop.step == settings.iterations:
+                loop.curve.append((loop.step, loop.window_loss / loop.window_steps, learning_rate))
+                loop.window_loss, loop.window_steps = 0.0, 0
             loop.train_seconds += time.perf_counter() - session_start
             session_start = time.perf_counter()
             progress.update()
@@ -193,4 +212,9 @@ def finetune(
         kept = f", checkpoint saved at step {loop.step}" if checkpointing else ""
         stop.stop_if_requested(f" at training step {loop.step} of {settings.iterations}{kept}")
     model.eval()
-    return {"final_loss": loop.loss, "train_seconds": loop.train_seconds, "resumed_at_step": resumed_at}
+    return {
+        "final_loss": loop.loss,
+        "train_seconds": loop.train_seconds,
+        "resumed_at_step": resumed_at,
+        "curve": [tuple(point) for point in loop.curve],
+    }

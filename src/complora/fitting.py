@@ -48,6 +48,8 @@ class FitSpec:
     model_metadata: Path  # metadata.json of the weights artifact: the weights every input must come from
     template: str = DEFAULT_TEMPLATE
     coop_templates: Sequence[str] = ()
+    # What the workflow asked for each k-shot split (complora.runrequest), recorded as is; none, or one per split.
+    requests: Sequence[dict[str, Any]] = ()
 
 
 def _weights_of_artifact(path: Path) -> str:
@@ -67,6 +69,11 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
     Every input is checked first: the zero-shot run and every store file must come from the weights of
     ``spec.model_metadata``, the same preprocessing, and today's split files."""
     start = time.perf_counter()
+    if spec.requests and len(spec.requests) != len(spec.few_shot_files):
+        raise ComploraError(
+            f"{len(spec.requests)} requests for {len(spec.few_shot_files)} k-shot splits: give one --request per "
+            "--few-shot, in the same order"
+        )
     base_sha256 = _weights_of_artifact(spec.model_metadata)
     reference = read_zero_shot_run(spec.zero_shot_run, base_sha256, spec.template, None)
     preprocessing = reference["config"]["preprocessing_sha256"]  # the store must share it
@@ -83,7 +90,7 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
     for path, _ in splits:  # every split's features checked before any fitting, then read one at a time
         store.support(path, load=False)
     results = []
-    for path, split in splits:
+    for index, (path, split) in enumerate(splits):
         support = store.support(path)
         missing = sorted(set(range(len(split["classnames"]))) - set(support.train_labels.tolist()))
         if missing:
@@ -120,7 +127,8 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
             eval_seconds=time.perf_counter() - eval_start,
             wall_seconds=time.perf_counter() - start,
         )
-        results.append(_write_fit_run(spec, out_root, split, path, fitted, reference, base_sha256, outcome))
+        request = spec.requests[index] if spec.requests else None
+        results.append(_write_fit_run(spec, out_root, split, path, fitted, reference, base_sha256, outcome, request))
     return results
 
 
@@ -144,6 +152,7 @@ def _write_fit_run(
     reference: dict[str, Any],
     base_sha256: str,
     outcome: _Outcome,
+    request: dict[str, Any] | None,
 ) -> dict[str, Any]:
     out_dir = out_root / f"shots{split['shots']}" / f"seed{split['seed']}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +201,7 @@ def _write_fit_run(
         "config_hash": config_hash(settings),
         "split_hash": file_sha256(path),
         "data": {**data_record(spec.dataset), "few_shot": str(path), "features": str(spec.features)},
+        "request": request,
     }
     write_json(out_dir / METRICS_FILE, metrics)
     log.info(

@@ -4,6 +4,8 @@
 rule aggregate:
     input:
         metrics=TABLE_METRICS,
+        requests=REQUESTS,
+        model=MODEL_DIR,
         reference=[config["reference_table"]] if config["reference_table"] else [],
     output:
         AGGREGATE_OUTPUTS,
@@ -15,4 +17,5 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     shell:
-        "complora aggregate {input.metrics} {params.reference} --out results > {log} 2>&1"
+        "complora aggregate {input.metrics} --requests {input.requests} --model-metadata {input.model}/metadata.json"
+        " {params.reference} --out results > {log} 2>&1"

@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from complora.configcheck import check_config, load_schema
 from complora.data.imagelibs import library_versions
@@ -13,6 +14,7 @@ from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
 from complora.methods.families import ADAPTER, FEATURE, store_views, views_needed
 from complora.methods.registry import study_methods
+from complora.runrequest import file_sha256, read_json, request_path, settle
 from complora.sourcehash import source_fingerprint
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -165,6 +167,9 @@ def train_inputs(wildcards):
         "split": f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json",
         "zero_shot": [zero_shot_metrics(d) for d in [wildcards.dataset, *retention_datasets(wildcards.dataset)]],
         "eval_caches": eval_caches([wildcards.dataset, *retention_datasets(wildcards.dataset)]),
+        "request": request_path(
+            f"{run_dir(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed)}/metrics.json"
+        ),
     }
     if METHODS[wildcards.method].spec.needs_projector:
         inputs["projector"] = PROJECTOR
@@ -215,6 +220,7 @@ RUN_METRICS = [
 TABLE_METRICS = (
     [zero_shot_metrics(dataset) for dataset in DATASETS] if ZERO_SHOT in config["methods"] else []
 ) + RUN_METRICS
+REQUESTS = [request_path(path) for path in TABLE_METRICS]
 AGGREGATE_OUTPUTS = [
     "results/tables/accuracy.csv",
     "results/tables/retention.csv",
@@ -225,3 +231,58 @@ AGGREGATE_OUTPUTS = [
     "results/summary.md",
     "results/metrics.json",
 ]
+
+
+# What each job is asked for (complora.runrequest): written to resources/requests/, recorded by the job in its
+# metrics.json. A finished run whose record differs (or whose split or weights are not today's) is redone,
+# with or without Snakemake's job records: a fresh clone after `dvc pull` and a `dvc exp run` copy lack them.
+BACKBONE_REQUEST = {"model": BACKBONE, "pretrained": CHECKPOINT}
+
+
+def zero_shot_request(dataset):
+    return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"],
+            "coop_templates": list(REGISTRY[dataset].templates) if dataset in REGISTRY else [],
+            "backbone": BACKBONE_REQUEST, "code": CODE["evaluate"]}  # fmt: skip
+
+
+def run_request(dataset, method, shots, seed):
+    spec = METHODS[method]
+    request = {"dataset": dataset, "method": method, "family": spec.family, "shots": shots, "seed": seed,
+               "hyperparameters": spec.settings, "template": config["prompt_template"],
+               "backbone": BACKBONE_REQUEST}  # fmt: skip
+    if spec.kind == ADAPTER:
+        request |= {"retention_datasets": retention_datasets(dataset), "code": CODE["evaluate"]}
+        if spec.spec.needs_projector:
+            request["projector"] = {"k_max": PROJECTOR_K, "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS}
+    else:
+        request |= {"coop_templates": coop_templates(dataset), "code": FIT_CODE[method]}
+    return request
+
+
+def settle_requests():
+    """Write every job's request and mark the stale runs for redoing; says which and why."""
+    metadata = read_json(Path(MODEL_DIR) / "metadata.json")
+    weights = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
+    jobs = [(zero_shot_metrics(d), zero_shot_request(d), dataset_split_file(d)) for d in ALL_DATASETS]
+    jobs += [
+        (f"{run_dir(d, m, k, s)}/metrics.json", run_request(d, m, k, s), f"resources/splits/{d}/shots{k}_seed{s}.json")
+        for m in TRAINED_METHODS
+        for d in method_datasets(m)
+        for k in method_shots(m)
+        for s in SEEDS
+    ]
+    stale = {}
+    for metrics, request, split in jobs:
+        reasons = settle(request_path(metrics), request, metrics, file_sha256(Path(split)), weights)
+        if reasons:
+            stale[Path(metrics).parent] = reasons
+    if stale:
+        shown = [f"  {folder}: " + "; ".join(reasons[:3]) for folder, reasons in list(stale.items())[:10]]
+        more = [f"  ... and {len(stale) - 10} more"] if len(stale) > 10 else []
+        logger.warning(
+            f"{len(stale)} finished run(s) were made with other settings than this config asks for; they will be "
+            "redone:\n" + "\n".join(shown + more)
+        )
+
+
+settle_requests()

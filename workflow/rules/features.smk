@@ -51,6 +51,12 @@ rule fit:
         splits=lambda wildcards: few_shot_splits(wildcards.dataset),
         zero_shot=lambda wildcards: zero_shot_metrics(wildcards.dataset),
         model=MODEL_DIR,
+        # One per split, in the order of `splits`.
+        requests=lambda wildcards: [
+            request_path(f"{run_dir(wildcards.dataset, wildcards.method, k, s)}/metrics.json")
+            for k in SHOTS
+            for s in SEEDS
+        ],
     output:
         expand("results/runs/{{dataset}}/{{method}}/shots{shots}/seed{seed}/metrics.json", shots=SHOTS, seed=SEEDS),
     params:
@@ -66,6 +72,7 @@ rule fit:
         coop=lambda wildcards: " ".join(f"--coop-template {shlex.quote(t)}" for t in coop_templates(wildcards.dataset)),
         features=lambda wildcards: features_dir(wildcards.dataset),
         out_root=lambda wildcards: f"results/runs/{wildcards.dataset}/{wildcards.method}",
+        requests=lambda wildcards, input: " ".join(f"--request {path}" for path in input.requests),
     threads: 1
     conda:
         "../envs/complora.yaml"
@@ -76,4 +83,5 @@ rule fit:
         " --family {params.family} --name {wildcards.method} --settings {params.settings:q}"
         " --model {params.model} --pretrained {params.checkpoint} --model-metadata {input.model}/metadata.json"
         " --features {params.features} {params.few_shot} --zero-shot {input.zero_shot}"
-        " --template {params.template:q} {params.coop} --threads {threads} --out-root {params.out_root} > {log} 2>&1"
+        " --template {params.template:q} {params.coop} {params.requests} --threads {threads}"
+        " --out-root {params.out_root} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule zero_shot:
         data=lambda wildcards: dataset_dir(wildcards.dataset),
         model=MODEL_DIR,
         eval_cache=lambda wildcards: eval_caches([wildcards.dataset]),
+        request=request_path(zero_shot_metrics("{dataset}")),
     output:
         zero_shot_metrics("{dataset}"),
     params:
@@ -32,7 +33,7 @@ rule zero_shot:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
         " {params.coop} {params.eval_cache} --eval-batch-size {resources.eval_batch_size} {params.device}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --request {input.request} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -43,6 +44,7 @@ rule train:
     output:
         metrics="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/metrics.json",
         adapter=directory("results/runs/{dataset}/{method}/shots{shots}/seed{seed}/adapter"),
+        curve="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/curve.csv",
     params:
         code=CODE["evaluate"],
         model=BACKBONE,
@@ -80,4 +82,4 @@ rule train:
         " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"
         " --train-memory-mib {resources.train_memory_mib}"
         " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,1 @@
+"""From the runs' metrics.json files to the tables, comparisons, plots and summary a person reads."""
