@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -38,7 +41,7 @@ localrules:
 
 rule all:
     input:
-        AGGREGATE_OUTPUTS,
+        rules.aggregate.output,
         # Built even when only LoRA runs, so the DVC stage's outputs do not depend on the method list.
         PROJECTOR,
     default_target: True

@@ -27,6 +27,12 @@ def image_set(folder: Path, images: torch.Tensor, labels: torch.Tensor, **option
     return TrainingImages(folder, entries, (images.shape[1], images.shape[2]), **options)
 
 
+def table_rows(markdown: str) -> list[list[str]]:
+    """A Markdown table's rows as stripped cells (the header first, the separator left out)."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1]
+
+
 def encode(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return model.encode_image(images), model.encode_text(texts)
 

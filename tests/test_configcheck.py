@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from complora.cli import main
 from complora.configcheck import check_config, load_schema
+from complora.configdocs import config_reference
 from complora.data.registry import PAPER_DATASETS
 from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
@@ -108,3 +110,42 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ComploraError) as error:
         check_config({"methods": ["bogus"], "shots": [0]}, SCHEMA)
     assert "methods[0]" in str(error.value) and "shots[0]" in str(error.value)
+
+
+def _undocumented(properties: dict, prefix: str = "") -> list[str]:
+    missing = []
+    for name, subschema in properties.items():
+        if "$ref" in subschema:
+            node = SCHEMA
+            for part in subschema["$ref"][2:].split("/"):
+                node = node[part]
+            subschema = {**node, **subschema}
+        if "description" not in subschema:
+            missing.append(f"{prefix}{name}")
+        missing += _undocumented(subschema.get("properties", {}), f"{prefix}{name}.")
+        entries = subschema.get("additionalProperties")
+        if isinstance(entries, dict):
+            missing += _undocumented(entries.get("properties", {}), f"{prefix}{name}.<name>.")
+    return missing
+
+
+def test_every_config_key_is_described():
+    assert _undocumented(SCHEMA["properties"]) == []
+    for family, definition in SCHEMA["$defs"]["families"].items():
+        properties = {k: v for k, v in definition["properties"].items() if k != "family"}
+        assert _undocumented(properties, f"{family}.") == []
+
+
+def test_config_readme_is_generated_from_the_schema(tmp_path: Path, capsys):
+    schema = ["--schema", str(ROOT / "workflow" / "schemas" / "config.schema.yaml")]
+    assert main(["config-docs", "--check", *schema, "--out", str(ROOT / "config" / "README.md")]) == 0, (
+        "config/README.md is stale: run `complora config-docs`"
+    )
+    page = config_reference(SCHEMA)
+    for key in ("`comparisons.reference`", "`data.eval_cache`", "`custom_datasets.<name>.images`", "### `clap`"):
+        assert key in page, key
+    assert "| `k` | integer (>= 0) | `32` | principal directions protected per matrix and side |" in page
+    edited = tmp_path / "README.md"
+    edited.write_text(page.replace("principal directions", "directions"))
+    assert main(["config-docs", "--check", *schema, "--out", str(edited)]) == 2
+    assert "is not what" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ from complora.adapters import AdapterConfig, adapter_layers, inject
 from complora.checkpoint import Checkpointing
 from complora.data.splits import sample_few_shot
 from complora.data.training import TrainingImages
-from complora.finetune import FinetuneSettings, finetune
+from complora.finetune import FinetuneSettings, curve_interval, finetune
 from complora.stopping import JobStopped, StopSignals
 from helpers import TRANSFORM_32, image_set
 
@@ -55,6 +56,20 @@ def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny, problem)
     assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
     assert any(w.abs().sum() > 0 for w in weights_a), "training moved the adapters"
     assert first["final_loss"] < 1.0, first  # ln(3) = 1.10 is chance
+
+
+def test_the_training_curve_has_about_a_hundred_points_with_the_schedules_rates(make_tiny, problem):
+    images, names = problem
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    settings = FinetuneSettings(iterations=201, batch_size=4, learning_rate=5e-3, min_learning_rate=1e-5)
+    figures = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
+    steps, losses, rates = zip(*figures["curve"], strict=True)
+    assert steps == (*range(2, 201, 2), 201), "every curve_interval(201) = 2 steps, and the last one"
+    assert rates[0] == pytest.approx(5e-3, rel=1e-3) and rates[-1] == pytest.approx(1e-5, rel=0.05)
+    assert all(a >= b for a, b in itertools.pairwise(rates)), "cosine: the rate only falls"
+    assert sum(losses[-10:]) < sum(losses[:10]), "the loss falls as the few-shot set is fitted"
+    assert losses[-1] == figures["final_loss"], "the last point is the last step alone"
+    assert curve_interval(8000) == 80 and curve_interval(40) == 1
 
 
 def test_frozen_text_tower_is_encoded_once(make_tiny, problem):
@@ -121,6 +136,7 @@ def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
     )
     assert figures["resumed_at_step"] == 7 and figures["final_loss"] == expected["final_loss"]
     assert all(torch.equal(a, b) for a, b in zip(_adapter_weights(resumed), _adapter_weights(whole), strict=True))
+    assert figures["curve"] == expected["curve"], "the curve's points before the stop come from the checkpoint"
 
 
 def test_a_signal_outside_a_step_stops_at_once():

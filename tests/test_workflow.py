@@ -5,6 +5,7 @@ Marked slow (about two minutes on 2 cores); `pytest -m "not slow"` skips it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -21,6 +22,7 @@ import complora.models  # noqa: F401  (registers demo-vit-tiny with open_clip)
 from complora.data.splits import few_shot_split
 from complora.evaluation import predictions_sha256
 from dataset_fixtures import build_fixture, jpeg, serve
+from helpers import table_rows
 from workflow_project import REDUCED, ROOT, make_project, run
 
 pytestmark = pytest.mark.slow
@@ -77,13 +79,21 @@ def test_every_output_is_there_and_holds_the_results_contract(demo: Path):
     assert len(hashes) == len(run_dirs())
 
     accuracy = (demo / "results/tables/accuracy.csv").read_text().splitlines()
-    assert accuracy[0] == "dataset,method,shots,mean,std,n_seeds"
+    assert accuracy[0] == "dataset,method,family,shots,mean,std,n_seeds"
     assert len(accuracy) - 1 == len(DATASETS) * (1 + len(TRAINED) * len(SHOTS))
-    assert (demo / "results/tables/retention.csv").read_text().startswith("dataset,method,shots,retention_dataset,")
-    assert (demo / "results/tables/accuracy.md").read_text().startswith("| shots | method | demo_patterns |")
-    for dataset in DATASETS:
-        assert (demo / f"results/plots/accuracy_{dataset}.png").stat().st_size > 1000
-    assert (demo / "results/plots/retention.png").stat().st_size > 1000
+    assert (demo / "results/tables/retention.csv").read_text().startswith("dataset,method,family,shots,retention_")
+    runs = (demo / "results/tables/runs.csv").read_text().splitlines()
+    assert runs[0].startswith("dataset,method,family,shots,seed,accuracy,zero_shot_accuracy,gain,mean_retention")
+    assert len(runs) - 1 == len(DATASETS) + len(run_dirs())
+    assert (demo / "results/tables/comparisons.csv").read_text().startswith("metric,method,family,reference,")
+    assert table_rows((demo / "results/tables/accuracy.md").read_text())[0][:3] == ["shots", "method", "demo_patterns"]
+    plots = [f"accuracy_{d}.png" for d in DATASETS] + ["retention.png", "accuracy_vs_shots.png",
+             "accuracy_vs_retention.png", "training_curves.png"]  # fmt: skip
+    for name in plots:
+        assert (demo / "results/plots" / name).stat().st_size > 1000, name
+    for dataset, method, shots, seed in run_dirs():
+        curve = (demo / f"results/runs/{dataset}/{method}/shots{shots}/seed{seed}/curve.csv").read_text().splitlines()
+        assert curve[0] == "step,loss,learning_rate" and len(curve) - 1 == shots * 3, "every step of so short a run"
     assert "# Results summary" in (demo / "results/summary.md").read_text()
     assert json.loads((demo / "results/metrics.json").read_text())["runs"] == len(DATASETS) + len(run_dirs())
 
@@ -212,7 +222,8 @@ def test_downloaded_and_custom_datasets_through_the_workflow(tmp_path: Path):
     for dataset in ("EuroSAT", "mine"):
         metrics = json.loads((project / f"results/runs/{dataset}/complora/shots1/seed1/metrics.json").read_text())
         assert set(metrics["retention"]) == {"EuroSAT", "mine"} - {dataset}
-    assert "| shots | method | EuroSAT | mine | Average |" in (project / "results/tables/accuracy.md").read_text()
+    header = table_rows((project / "results/tables/accuracy.md").read_text())[0]
+    assert header == ["shots", "method", "EuroSAT", "mine", "Average"]
 
 
 def test_missing_imagenet_stops_the_run_with_the_layout_to_create(tmp_path: Path):
@@ -321,12 +332,12 @@ def test_every_method_runs_and_a_variants_change_reruns_only_that_variant(tmp_pa
         assert not (project / run_dir_of(dataset, "complora_k4", 2)).exists(), "the variant runs where it is told"
         settings = json.loads((project / run_dir_of(dataset, "taskres_a1", 1)).read_text())["config"]
         assert settings["hyperparameters"]["alpha"] == 1.0 and settings["hyperparameters"]["epochs"] == 2
-    accuracy = (project / "results/tables/accuracy.md").read_text()
-    retention = (project / "results/tables/retention.md").read_text()
+    accuracy = table_rows((project / "results/tables/accuracy.md").read_text())
+    retention = table_rows((project / "results/tables/retention.md").read_text())
     for label in ("Tip-Adapter-F", "LP++", "CLAP", "ZS-LP", "taskres_a1", "complora_k4", "Linear probe"):
-        assert f"| {label} |" in accuracy, label
-    assert "| 1 | Tip-Adapter | encoders unchanged |" in retention
-    assert re.search(r"\| 1 \| complora_k4 \| [+-]\d", retention)
+        assert label in [row[1] for row in accuracy], label
+    assert ["1", "Tip-Adapter", "encoders unchanged"] in [row[:3] for row in retention]
+    assert re.fullmatch(r"[+-]\d+\.\d\d", next(row for row in retention if row[:2] == ["1", "complora_k4"])[2])
 
     changed = tmp_path / "changed.yaml"
     # Fewer views than the store keeps, a k under the projector's: neither touches another method's jobs.
@@ -347,3 +358,95 @@ def test_every_method_runs_and_a_variants_change_reruns_only_that_variant(tmp_pa
 
 def run_dir_of(dataset: str, method: str, shots: int) -> str:
     return f"results/runs/{dataset}/{method}/shots{shots}/seed{SEEDS[0]}/metrics.json"
+
+
+def _metrics_files(project: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "results/runs").rglob("metrics.json"))
+    }
+
+
+def _only_loras_runs_were_redone(before: dict[str, bytes], after: dict[str, bytes], learning_rate: float) -> None:
+    assert set(before) == set(after)
+    redone = [path for path in before if before[path] != after[path]]
+    assert sorted(redone) == sorted(path for path in before if "/lora/" in path), redone
+    for path in redone:
+        assert json.loads(after[path])["request"]["hyperparameters"]["learning_rate"] == learning_rate
+
+
+def test_a_stale_run_is_redone_without_snakemakes_job_records(demo: Path, tmp_path: Path):
+    project = tmp_path / "project"
+    shutil.copytree(demo, project, symlinks=True)
+    shutil.rmtree(project / ".snakemake")  # as in a fresh clone after `dvc pull`
+    before = _metrics_files(project)
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["hyperparameters"]["lora"]["learning_rate"] = 0.001
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = run(project, "snakemake", "-n")
+    output = dry.stdout + dry.stderr
+    runs = len(DATASETS) * len(SHOTS) * len(SEEDS)
+    assert job_counts(dry.stdout) == {"train": runs, "aggregate": 1, "all": 1}, output[-3000:]
+    assert f"{runs} finished job(s) were made with other settings" in output
+    assert "results/runs/demo_patterns/lora/shots1/seed1: hyperparameters.learning_rate: 0.0002 → 0.001" in output
+    result = run(project, "snakemake", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    _only_loras_runs_were_redone(before, _metrics_files(project), 0.001)
+    assert "Nothing to be done" in run(project, "snakemake", "-n").stdout
+
+    # An artifact's settings: the pretrained model and everything made from it, in one run.
+    upstream = tmp_path / "steps.yaml"
+    upstream.write_text(yaml.safe_dump({"demo": {"pretraining": {**REDUCED["demo"]["pretraining"], "steps": 21}}}))
+    dry = run(project, "snakemake", "-n", "--configfile", "config.yaml", str(upstream))
+    assert "resources/models/demo-vit-tiny: pretraining.steps: 20 → 21" in dry.stdout + dry.stderr
+    cells, tested = len(DATASETS) * len(SHOTS) * len(SEEDS), len(set(DATASETS) | set(RETENTION))
+    assert job_counts(dry.stdout) == {"demo_pretrain": 1, "projector": 1, "eval_cache": tested, "zero_shot": tested,
+                                      "train": 2 * cells, "aggregate": 1, "all": 1}  # fmt: skip
+
+
+def test_a_dvc_experiment_with_another_learning_rate_redoes_only_loras_runs(demo: Path, tmp_path: Path):
+    project = tmp_path / "project"
+    shutil.copytree(demo, project, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"))
+    shutil.copy(ROOT / ".gitignore", project / ".gitignore")
+    shutil.copy(ROOT / "results" / ".gitignore", project / "results" / ".gitignore")
+    # The default written out, as config.yaml does (DVC's -S changes keys the file has; +key adds one).
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["hyperparameters"]["lora"]["learning_rate"] = 0.0002
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@localhost"}  # fmt: skip
+    for command in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "repro")):
+        result = run(project, *command, env=identity)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for command in (("git", "add", "-A"), ("git", "commit", "-qm", "baseline")):
+        assert run(project, *command, env=identity).returncode == 0
+    assert "Nothing to be done" in run(project, "snakemake", "-n").stdout, "the default, written out, changes nothing"
+    before = _metrics_files(project)
+    # --temp runs in a copy of the commit, which has no .snakemake/ (as a queued experiment does).
+    experiment = run(project, "dvc", "exp", "run", "--temp", "-S",
+                     "config.yaml:hyperparameters.lora.learning_rate=0.001", env=identity)  # fmt: skip
+    assert experiment.returncode == 0, experiment.stdout[-3000:] + experiment.stderr[-3000:]
+    name = re.search(r"Ran experiment\(s\): (\S+)", experiment.stdout + experiment.stderr).group(1)
+    assert run(project, "dvc", "exp", "apply", name, env=identity).returncode == 0
+    _only_loras_runs_were_redone(before, _metrics_files(project), 0.001)
+
+
+def test_the_report_holds_the_tables_and_plots_and_opens_offline(demo: Path, tmp_path: Path):
+    out = tmp_path / "report.html"
+    result = run(demo, "snakemake", "--report", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = out.read_text()
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=", page), "everything inline: it opens offline"
+    embedded = {
+        name: base64.b64decode(data)
+        for name, data in re.findall(r"data:[a-z/]+;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", page)
+    }
+    for table, text in (("accuracy.html", "Zero-shot CLIP"), ("retention.html", "Comp-LoRA"),
+                        ("comparisons.html", "mean_difference"), ("runs.html", "demo_rare_colors")):  # fmt: skip
+        assert "<table" in embedded[table].decode() and text in embedded[table].decode(), table
+    for plot in ("accuracy_vs_shots.png", "accuracy_vs_retention.png", "retention.png", "training_curves.png",
+                 *[f"accuracy_{d}.png" for d in DATASETS]):  # fmt: skip
+        assert embedded[plot][:8] == b"\x89PNG\r\n\x1a\n", plot
+    for category in ("Accuracy", "Retention", "Comparisons", "Runs"):
+        assert f'"{category}"' in page, category
+    assert "Comp-LoRA and its baselines on CLIP few-shot classification" in page, "the workflow description"
+    assert "paired differences from the reference" in page.lower(), "the captions"

@@ -509,14 +509,55 @@ def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-metadata", type=Path, help="metadata.json of the weights artifact: every run must come from it"
     )
+    parser.add_argument(
+        "--compare-to", default="lora", help="the reference method of the paired comparisons (default lora)"
+    )
+    parser.add_argument(
+        "--level", type=float, default=0.95, help="confidence level of the comparisons' intervals (default 0.95)"
+    )
 
 
 def _run_aggregate(args: argparse.Namespace) -> None:
     from .aggregate import aggregate
 
-    figures = aggregate(args.metrics, args.out, args.reference)
+    if not 0 < args.level < 1:
+        raise ComploraError(f"--level {args.level}: must be between 0 and 1, e.g. 0.95")
+    figures = aggregate(
+        args.metrics,
+        args.out,
+        args.reference,
+        requests=args.requests,
+        model_metadata=args.model_metadata,
+        compare_to=args.compare_to,
+        level=args.level,
+    )
     print(f"wrote {args.out}: tables, plots and summary.md from {len(args.metrics)} runs", file=sys.stderr)
     print(json.dumps(figures, indent=1), file=sys.stderr)
+
+
+def _add_config_docs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("config/README.md"))
+    parser.add_argument("--check", action="store_true", help="fail if --out differs from what the schema gives")
+
+
+def _run_config_docs(args: argparse.Namespace) -> None:
+    from .atomic import atomic_path
+    from .configcheck import load_schema
+    from .configdocs import config_reference
+
+    text = config_reference(load_schema(args.schema))
+    if args.check:
+        current = args.out.read_text() if args.out.is_file() else None
+        if current != text:
+            raise ComploraError(
+                f"{args.out} is not what {args.schema} gives; run `complora config-docs` to regenerate it"
+            )
+        print(f"{args.out} matches {args.schema}", file=sys.stderr)
+        return
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(text)
+    print(f"wrote {args.out} from {args.schema}", file=sys.stderr)
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -638,9 +679,14 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         _run_fit,
     ),
     "aggregate": (
-        "tables, plots and a summary from the runs' metrics.json files",
+        "tables, comparisons, plots and a summary from the runs' metrics.json files",
         _add_aggregate_arguments,
         _run_aggregate,
+    ),
+    "config-docs": (
+        "write (or --check) config/README.md, the reference of every config key, from the config schema",
+        _add_config_docs_arguments,
+        _run_config_docs,
     ),
 }
 

@@ -1,12 +1,18 @@
-"""What the workflow asks each job for, and whether a finished run still answers it (torch-free: the
+"""What the workflow asks each job for, and whether what the job made still answers it (torch-free: the
 workflow reads this module at parse time).
 
-A job's *request* (its method, family, hyperparameters, prompt, backbone, code fingerprint...) is written
-by the workflow to ``resources/requests/<run>.json`` and recorded verbatim by the job in its metrics.json.
-A run is *stale* when its recorded request differs from today's, or when the k-shot split or the weights
-it records are not today's. Snakemake decides what to redo from file times (and from its job records in
-``.snakemake/``, which a fresh clone after ``dvc pull`` and a ``dvc exp run`` copy do not have), so the
-request file's time carries the verdict: the epoch while the run answers it, now while it does not.
+A job's *request* (for a run: its method, family, hyperparameters, prompt, backbone, code fingerprint...;
+for an artifact such as a split or the projector: the settings and code that make it) is written by the
+workflow to ``resources/requests/``. A run records its request verbatim in its metrics.json; an artifact
+job copies it beside its output when it succeeds (``<artifact>.request.json``, versioned with it by DVC).
+What a job made is *stale* when the request it answered differs from today's, or, for a run, when the
+k-shot split or the weights it records are not today's.
+
+Snakemake decides what to redo from file times and from its job records in ``.snakemake/``; a fresh clone
+after ``dvc pull`` and a ``dvc exp run`` copy have no records, and their files' times follow the checkout
+order. So the workflow marks every input but the request ``ancient`` (its time never triggers a job) and
+the request file's time carries the verdict: the epoch while what was made answers it, now while it does
+not. A job whose inputs are remade still runs again (Snakemake redoes what depends on a job it runs).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from .atomic import atomic_path
 REQUESTS_DIR = "resources/requests"
 RUNS_DIR = "results/runs"
 METRICS_NAME = "metrics.json"
-# A request file older than any run: Snakemake's time comparison then leaves the run alone.
-ANSWERED = 0
+# The time of what answers its request: older than anything made, so Snakemake's time comparison leaves
+# it alone (1, not 0: Snakemake skips the comparison when a job's oldest output has time 0).
+ANSWERED = 1
 
 
 def request_path(metrics: str | os.PathLike[str]) -> str:
@@ -35,6 +42,12 @@ def request_path(metrics: str | os.PathLike[str]) -> str:
 
 def canonical(request: dict[str, Any]) -> str:
     return json.dumps(request, indent=2, sort_keys=True) + "\n"
+
+
+def digest(request: dict[str, Any]) -> str:
+    """A short content address of a request: a job's request names those of its inputs by it, so a change
+    upstream changes every request downstream."""
+    return hashlib.sha256(canonical(request).encode()).hexdigest()[:16]
 
 
 def read_json(path: Path) -> Any:
@@ -91,21 +104,64 @@ def stale_reasons(
     return reasons
 
 
-def settle(
+def _time_verdict(path: Path, stale: bool, answered: Path | None = None) -> None:
+    """Stale: the request becomes newer than what was made, so Snakemake redoes the job. Answered: the
+    request and the job's record of it (the time its consumers see) take the epoch, whatever order a
+    checkout wrote them in."""
+    if stale:
+        os.utime(path)
+        return
+    for timed in (path, answered):
+        if timed is not None and timed.exists() and timed.stat().st_mtime != ANSWERED:
+            os.utime(timed, (ANSWERED, ANSWERED))
+
+
+def write_request(path: Path, request: dict[str, Any]) -> None:
+    """The request file, rewritten only when its content changes."""
+    text = canonical(request)
+    if not path.is_file() or path.read_text() != text:
+        with atomic_path(path) as temporary:
+            temporary.write_text(text)
+
+
+def answered_path(artifact: str, directory: bool) -> str:
+    """Where an artifact job records the request it answered: beside the folder, or the file's name with
+    ``.request.json`` for its extension."""
+    if directory:
+        return f"{artifact}.request.json"
+    return str(Path(artifact).with_suffix(".request.json"))
+
+
+def settle_artifact(
+    request_file: str | os.PathLike[str], request: dict[str, Any], answered_file: str | os.PathLike[str]
+) -> list[str]:
+    """Write an artifact job's request (if it changed) and judge the request its artifact answered (None
+    recorded: the job runs anyway, its record being one of its outputs). Returns why the artifact is stale."""
+    path = Path(request_file)
+    write_request(path, request)
+    answered = Path(answered_file)
+    if not answered.exists():
+        return []
+    recorded = read_json(answered)
+    reasons = differences(recorded, request) if isinstance(recorded, dict) else ["its request record is unreadable"]
+    _time_verdict(path, bool(reasons), answered)
+    return reasons
+
+
+def settle_run(
     request_file: str | os.PathLike[str],
     request: dict[str, Any],
     metrics_file: str | os.PathLike[str],
     split_sha256: str | None,
     weights_sha256: str | None,
+    answered_file: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """Write a job's request (if it changed) and judge the run at ``metrics_file`` against it and today's
     split and weights (None: not there yet). Returns why the run is stale ([] when it answers the request or
-    does not exist); sets the request file's time so that Snakemake redoes exactly the stale runs."""
+    does not exist); sets the request file's time so that Snakemake redoes exactly the stale runs.
+    ``answered_file``: the job's copy of its request, where other runs consume its metrics (zero-shot)."""
     path = Path(request_file)
-    text = canonical(request)
-    if not path.is_file() or path.read_text() != text:
-        with atomic_path(path) as temporary:
-            temporary.write_text(text)
+    write_request(path, request)
     metrics = Path(metrics_file)
     if not metrics.exists():
         return []  # nothing finished: the job runs anyway
@@ -114,8 +170,5 @@ def settle(
         reasons = stale_reasons(run, request, split_sha256=split_sha256, weights_sha256=weights_sha256)
     else:
         reasons = ["its metrics.json is not a JSON object"]
-    if reasons:
-        os.utime(path)  # newer than the run: Snakemake redoes the job
-    elif path.stat().st_mtime != ANSWERED:
-        os.utime(path, (ANSWERED, ANSWERED))
+    _time_verdict(path, bool(reasons), Path(answered_file) if answered_file else None)
     return reasons

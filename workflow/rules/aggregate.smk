@@ -1,4 +1,5 @@
-# Tables, plots and the summary, from exactly the runs of the configured grid.
+# Tables, comparisons, plots and the summary, from exactly the runs of the configured grid (each checked
+# against what the config asks of it today). The outputs marked report() make `snakemake --report`.
 
 
 rule aggregate:
@@ -8,14 +9,48 @@ rule aggregate:
         model=MODEL_DIR,
         reference=[config["reference_table"]] if config["reference_table"] else [],
     output:
-        AGGREGATE_OUTPUTS,
+        runs_csv="results/tables/runs.csv",
+        runs=table_report("results/tables/runs.html", "runs_table", "Runs", "every run"),
+        accuracy_csv="results/tables/accuracy.csv",
+        accuracy_md="results/tables/accuracy.md",
+        accuracy=table_report("results/tables/accuracy.html", "accuracy_table", "Accuracy", "top-1 table"),
+        retention_csv="results/tables/retention.csv",
+        retention_md="results/tables/retention.md",
+        retention=table_report("results/tables/retention.html", "retention_table", "Retention", "retention table"),
+        comparisons_csv="results/tables/comparisons.csv",
+        comparisons=table_report(
+            "results/tables/comparisons.html", "comparisons_table", "Comparisons", f"paired vs {COMPARE_TO}"
+        ),
+        accuracy_vs_shots=figure_report(
+            "results/plots/accuracy_vs_shots.png", "accuracy_vs_shots", "Accuracy", "accuracy vs shots"
+        ),
+        by_dataset=[
+            figure_report(f"results/plots/accuracy_{d}.png", "accuracy_by_dataset", "Accuracy", "accuracy vs shots", d)
+            for d in DATASETS
+        ],
+        accuracy_vs_retention=figure_report(
+            "results/plots/accuracy_vs_retention.png", "accuracy_vs_retention", "Comparisons", "accuracy vs retention"
+        ),
+        retention_vs_shots=figure_report(
+            "results/plots/retention.png", "retention_vs_shots", "Retention", "retention vs shots"
+        ),
+        training_curves=[
+            figure_report(
+                "results/plots/training_curves.png", "training_curves", "Runs", "training loss", "all", max(SHOTS)
+            )
+        ]
+        if ADAPTER_METHODS
+        else [],
+        summary="results/summary.md",
+        metrics="results/metrics.json",
     conda:
         "../envs/complora.yaml"
     params:
         code=CODE["aggregate"],
         reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
+        compare=f"--compare-to {COMPARE_TO} --level {config['comparisons']['level']}",
     log:
         "logs/aggregate.log",
     shell:
         "complora aggregate {input.metrics} --requests {input.requests} --model-metadata {input.model}/metadata.json"
-        " {params.reference} --out results > {log} 2>&1"
+        " {params.reference} {params.compare} --out results > {log} 2>&1"

@@ -14,7 +14,15 @@ from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
 from complora.methods.families import ADAPTER, FEATURE, store_views, views_needed
 from complora.methods.registry import study_methods
-from complora.runrequest import file_sha256, read_json, request_path, settle
+from complora.runrequest import (
+    answered_path,
+    digest,
+    file_sha256,
+    read_json,
+    request_path,
+    settle_artifact,
+    settle_run,
+)
 from complora.sourcehash import source_fingerprint
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -55,6 +63,7 @@ FIT_CODE = {
 DATASETS = config["datasets"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
+GRID = [(shots, seed) for shots in SHOTS for seed in SEEDS]
 BACKBONE = config["backbone"]["model"]
 PRETRAINED = config["backbone"]["pretrained"]
 DEMO_WEIGHTS = PRETRAINED == "demo"
@@ -136,6 +145,15 @@ def zero_shot_metrics(dataset):
     return f"results/runs/{dataset}/{ZERO_SHOT}/metrics.json"
 
 
+def zero_shot_answered(dataset):
+    """The zero-shot job's copy of its request: what the runs that read its accuracy wait on."""
+    return answered_path(zero_shot_metrics(dataset), directory=False)
+
+
+def split_path(dataset, shots, seed):
+    return f"resources/splits/{dataset}/shots{shots}_seed{seed}.json"
+
+
 def run_dir(dataset, method, shots, seed):
     return f"results/runs/{dataset}/{method}/shots{shots}/seed{seed}"
 
@@ -161,18 +179,23 @@ def method_flags(method):
 
 
 def train_inputs(wildcards):
+    """Every input but the request is ancient (complora.runrequest): its time never triggers a run."""
+    datasets = [wildcards.dataset, *retention_datasets(wildcards.dataset)]
     inputs = {
-        "data": dataset_dir(wildcards.dataset),
-        "model": MODEL_DIR,
-        "split": f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json",
-        "zero_shot": [zero_shot_metrics(d) for d in [wildcards.dataset, *retention_datasets(wildcards.dataset)]],
-        "eval_caches": eval_caches([wildcards.dataset, *retention_datasets(wildcards.dataset)]),
+        "data": ancient(dataset_dir(wildcards.dataset)),
+        "model": ancient(MODEL_DIR),
+        "split": ancient(f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json"),
+        "zero_shot": [ancient(zero_shot_metrics(d)) for d in datasets],
+        "eval_caches": [ancient(path) for path in eval_caches(datasets)],
         "request": request_path(
             f"{run_dir(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed)}/metrics.json"
         ),
     }
-    if METHODS[wildcards.method].spec.needs_projector:
-        inputs["projector"] = PROJECTOR
+    projector = METHODS[wildcards.method].spec.needs_projector
+    if projector:
+        inputs["projector"] = ancient(PROJECTOR)
+    split = [(wildcards.shots, wildcards.seed)]
+    inputs["records"] = upstream_records(wildcards.dataset, split, datasets, datasets, projector)
     return inputs
 
 
@@ -221,16 +244,21 @@ TABLE_METRICS = (
     [zero_shot_metrics(dataset) for dataset in DATASETS] if ZERO_SHOT in config["methods"] else []
 ) + RUN_METRICS
 REQUESTS = [request_path(path) for path in TABLE_METRICS]
-AGGREGATE_OUTPUTS = [
-    "results/tables/accuracy.csv",
-    "results/tables/retention.csv",
-    "results/tables/accuracy.md",
-    "results/tables/retention.md",
-    *[f"results/plots/accuracy_{dataset}.png" for dataset in DATASETS],
-    "results/plots/retention.png",
-    "results/summary.md",
-    "results/metrics.json",
-]
+
+
+# The aggregation's outputs shown by `snakemake --report`, with their caption, category and labels.
+def table_report(path, caption, category, table, subcategory="tables"):
+    return report(path, caption=f"../report/{caption}.rst", category=category, subcategory=subcategory,
+                  labels={"content": table, "dataset": "all", "shots": "all"})  # fmt: skip
+
+
+def figure_report(path, caption, category, figure, dataset="average", shots="all"):
+    return report(path, caption=f"../report/{caption}.rst", category=category, subcategory="figures",
+                  labels={"content": figure, "dataset": dataset, "shots": shots})  # fmt: skip
+
+
+# The reference of the paired comparisons (complora.results.comparisons).
+COMPARE_TO = config["comparisons"]["reference"]
 
 
 # What each job is asked for (complora.runrequest): written to resources/requests/, recorded by the job in its
@@ -239,48 +267,158 @@ AGGREGATE_OUTPUTS = [
 BACKBONE_REQUEST = {"model": BACKBONE, "pretrained": CHECKPOINT}
 
 
+# A job's request names its inputs by their requests' digests: every input but the request is ancient, so a
+# change upstream reaches the jobs downstream through their requests.
 def zero_shot_request(dataset):
     return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"],
             "coop_templates": list(REGISTRY[dataset].templates) if dataset in REGISTRY else [],
-            "backbone": BACKBONE_REQUEST, "code": CODE["evaluate"]}  # fmt: skip
+            "backbone": BACKBONE_REQUEST, "code": CODE["evaluate"],
+            "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1])}}  # fmt: skip
 
 
 def run_request(dataset, method, shots, seed):
     spec = METHODS[method]
+    inputs = {"data": data_digest(dataset), "model": digest(model_job()[1]),
+              "split": digest(split_job(dataset, shots, seed)[1])}  # fmt: skip
     request = {"dataset": dataset, "method": method, "family": spec.family, "shots": shots, "seed": seed,
                "hyperparameters": spec.settings, "template": config["prompt_template"],
                "backbone": BACKBONE_REQUEST}  # fmt: skip
     if spec.kind == ADAPTER:
+        references = [dataset, *retention_datasets(dataset)]
+        inputs["zero_shot"] = {name: digest(zero_shot_request(name)) for name in references}
         request |= {"retention_datasets": retention_datasets(dataset), "code": CODE["evaluate"]}
         if spec.spec.needs_projector:
             request["projector"] = {"k_max": PROJECTOR_K, "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS}
+            inputs["projector"] = digest(projector_job()[1])
     else:
+        inputs |= {"zero_shot": digest(zero_shot_request(dataset)), "features": digest(features_job(dataset)[1])}
         request |= {"coop_templates": coop_templates(dataset), "code": FIT_CODE[method]}
-    return request
+    return request | {"inputs": inputs}
+
+
+# Artifacts answer requests too: each job copies its request beside what it made when it succeeds.
+def artifact_request(rule_name, key, request):
+    return f"resources/requests/{rule_name}/{key}.json", {"rule": rule_name, **request}
+
+
+def world_job():
+    request = {"code": CODE["demo_world"], "world": config["demo"]["world"]}
+    return (*artifact_request("demo_world", "world", request), answered_path(WORLD, directory=True))
+
+
+def model_job():
+    if DEMO_WEIGHTS:
+        name, request = "demo_pretrain", {"code": CODE["demo_pretrain"], "pretraining": config["demo"]["pretraining"]}
+        request["inputs"] = {"world": digest(world_job()[1])}
+    else:
+        name, request = "pretrained_weights", {"code": CODE["weights"], "model": BACKBONE, "pretrained": PRETRAINED}
+    return (*artifact_request(name, BACKBONE_ID, request), answered_path(MODEL_DIR, directory=True))
+
+
+def dataset_job(dataset):
+    if dataset in CUSTOM:
+        request = {"code": CODE["dataset"], "custom": CUSTOM[dataset]}
+    else:
+        request = {"code": CODE["dataset"], "data": {key: config["data"][key] for key in ("cache", "root", "registry")}}
+    path, request = artifact_request("dataset", dataset, request)
+    return path, request, answered_path(f"resources/data/{dataset}", directory=True)
+
+
+def data_digest(dataset):
+    """The digest of the request that made a dataset's folder (the demo world's, for a demo task)."""
+    return digest((world_job() if is_demo(dataset) else dataset_job(dataset))[1])
+
+
+def split_job(dataset, shots, seed):
+    request = {"code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset),
+               "inputs": {"data": data_digest(dataset)}}  # fmt: skip
+    path, request = artifact_request("few_shot_split", f"{dataset}/shots{shots}_seed{seed}", request)
+    return path, request, answered_path(split_path(dataset, shots, seed), directory=False)
+
+
+def projector_job():
+    request = {"code": CODE["projector"], "backbone": BACKBONE_REQUEST, "k_max": PROJECTOR_K,
+               "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS, "inputs": {"model": digest(model_job()[1])}}  # fmt: skip
+    return (*artifact_request("projector", BACKBONE_ID, request), answered_path(PROJECTOR, directory=False))
+
+
+def eval_cache_job(dataset):
+    request = {"code": CODE["eval_cache"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
+               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1])}}  # fmt: skip
+    path, request = artifact_request("eval_cache", f"{dataset}/{BACKBONE_ID}", request)
+    return path, request, answered_path(eval_cache_dir(dataset), directory=True)
+
+
+def features_job(dataset):
+    splits = [digest(split_job(dataset, k, s)[1]) for k in SHOTS for s in SEEDS]
+    request = {"code": CODE["features"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
+               "shots": SHOTS, "seeds": SEEDS, "views": STORE_VIEWS,
+               "templates": list(dict.fromkeys([config["prompt_template"], *coop_templates(dataset)])),
+               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]), "splits": splits}}  # fmt: skip
+    path, request = artifact_request("features", f"{dataset}/{BACKBONE_ID}", request)
+    return path, request, answered_path(features_dir(dataset), directory=True)
+
+
+def data_answered(dataset):
+    return (world_job() if is_demo(dataset) else dataset_job(dataset))[2]
+
+
+def upstream_records(dataset=None, splits=(), caches=(), zero_shot=(), projector=False, features=False):
+    """The records (``*.request.json``) of the artifacts a job reads: its inputs' time, where the artifacts
+    themselves are ancient, so that Snakemake redoes the job after the artifact's job in one run."""
+    records = [model_job()[2]]
+    if dataset is not None:
+        records.append(data_answered(dataset))
+    records += [split_job(dataset, k, s)[2] for k, s in splits]
+    records += [eval_cache_job(d)[2] for d in caches] if EVAL_CACHE else []
+    records += [zero_shot_answered(d) for d in zero_shot]
+    if projector:
+        records.append(projector_job()[2])
+    if features:
+        records.append(features_job(dataset)[2])
+    return records
+
+
+def artifact_jobs():
+    jobs = [model_job()]
+    if any(is_demo(dataset) for dataset in ALL_DATASETS):
+        jobs.append(world_job())
+    jobs += [dataset_job(d) for d in ALL_DATASETS if not is_demo(d)]
+    jobs += [split_job(d, k, s) for d in DATASETS for k in SHOTS for s in SEEDS]
+    jobs.append(projector_job())
+    jobs += [eval_cache_job(d) for d in ALL_DATASETS] if EVAL_CACHE else []
+    jobs += [features_job(d) for d in FEATURE_DATASETS]
+    return jobs
 
 
 def settle_requests():
-    """Write every job's request and mark the stale runs for redoing; says which and why."""
+    """Write every job's request and mark what is stale for redoing; says which and why."""
+    stale = {}
+    for request_file, request, answered in artifact_jobs():
+        reasons = settle_artifact(request_file, request, answered)
+        if reasons:
+            stale[answered.removesuffix(".request.json")] = reasons
     metadata = read_json(Path(MODEL_DIR) / "metadata.json")
     weights = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
-    jobs = [(zero_shot_metrics(d), zero_shot_request(d), dataset_split_file(d)) for d in ALL_DATASETS]
-    jobs += [
-        (f"{run_dir(d, m, k, s)}/metrics.json", run_request(d, m, k, s), f"resources/splits/{d}/shots{k}_seed{s}.json")
+    runs = [
+        (zero_shot_metrics(d), zero_shot_request(d), dataset_split_file(d), zero_shot_answered(d)) for d in ALL_DATASETS
+    ]
+    runs += [
+        (f"{run_dir(d, m, k, s)}/metrics.json", run_request(d, m, k, s), split_path(d, k, s), None)
         for m in TRAINED_METHODS
         for d in method_datasets(m)
         for k in method_shots(m)
         for s in SEEDS
     ]
-    stale = {}
-    for metrics, request, split in jobs:
-        reasons = settle(request_path(metrics), request, metrics, file_sha256(Path(split)), weights)
+    for metrics, request, split, answered in runs:
+        reasons = settle_run(request_path(metrics), request, metrics, file_sha256(Path(split)), weights, answered)
         if reasons:
-            stale[Path(metrics).parent] = reasons
+            stale[str(Path(metrics).parent)] = reasons
     if stale:
         shown = [f"  {folder}: " + "; ".join(reasons[:3]) for folder, reasons in list(stale.items())[:10]]
         more = [f"  ... and {len(stale) - 10} more"] if len(stale) > 10 else []
         logger.warning(
-            f"{len(stale)} finished run(s) were made with other settings than this config asks for; they will be "
+            f"{len(stale)} finished job(s) were made with other settings than this config asks for; they will be "
             "redone:\n" + "\n".join(shown + more)
         )
 

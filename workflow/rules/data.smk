@@ -2,8 +2,11 @@
 
 
 rule demo_world:
+    input:
+        request=world_job()[0],
     output:
-        directory(WORLD),
+        world=directory(WORLD),
+        answered=world_job()[2],
     conda:
         "../envs/complora.yaml"
     params:
@@ -12,15 +15,18 @@ rule demo_world:
     log:
         "logs/data/demo_world.log",
     shell:
-        "complora demo-data --out {output} --seed {params.world[seed]}"
+        "complora demo-data --out {output.world} --seed {params.world[seed]}"
         " --train-per-class {params.world[train_per_class]} --val-per-class {params.world[val_per_class]}"
         " --test-per-class {params.world[test_per_class]} --image-size {params.world[image_size]}"
-        " > {log} 2>&1"
+        " > {log} 2>&1 && cp {input.request} {output.answered}"
 
 
 rule dataset:
+    input:
+        request=lambda wildcards: dataset_job(wildcards.dataset)[0],
     output:
-        directory("resources/data/{dataset}"),
+        data=directory("resources/data/{dataset}"),
+        answered="resources/data/{dataset}.request.json",
     wildcard_constraints:
         dataset=name_pattern(REGISTRY),
     conda:
@@ -33,13 +39,16 @@ rule dataset:
     log:
         "logs/data/{dataset}.log",
     shell:
-        "complora dataset --name {wildcards.dataset} --out {output} --cache {params.cache}"
-        " {params.root} {params.registry} > {log} 2>&1"
+        "complora dataset --name {wildcards.dataset} --out {output.data} --cache {params.cache}"
+        " {params.root} {params.registry} > {log} 2>&1 && cp {input.request} {output.answered}"
 
 
 rule custom_dataset:
+    input:
+        request=lambda wildcards: dataset_job(wildcards.dataset)[0],
     output:
-        directory("resources/data/{dataset}"),
+        data=directory("resources/data/{dataset}"),
+        answered="resources/data/{dataset}.request.json",
     wildcard_constraints:
         dataset=name_pattern(CUSTOM),
     conda:
@@ -55,5 +64,5 @@ rule custom_dataset:
     log:
         "logs/data/{dataset}.log",
     shell:
-        "complora custom-dataset --name {wildcards.dataset} --images {params.images} --out {output}"
-        " {params.options} > {log} 2>&1"
+        "complora custom-dataset --name {wildcards.dataset} --images {params.images} --out {output.data}"
+        " {params.options} > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -4,10 +4,13 @@
 
 rule eval_cache:
     input:
-        data=lambda wildcards: dataset_dir(wildcards.dataset),
-        model=MODEL_DIR,
+        data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
+        model=ancient(MODEL_DIR),
+        records=lambda wildcards: upstream_records(wildcards.dataset),
+        request=lambda wildcards: eval_cache_job(wildcards.dataset)[0],
     output:
-        directory(eval_cache_dir("{dataset}")),
+        cache=directory(eval_cache_dir("{dataset}")),
+        answered=f"{eval_cache_dir('{dataset}')}.request.json",
     params:
         code=CODE["eval_cache"],
         libraries=IMAGE_LIBRARIES,
@@ -23,4 +26,5 @@ rule eval_cache:
         "logs/evalcache/{dataset}.log",
     shell:
         "complora eval-cache --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --model {params.model} --pretrained {params.checkpoint} --threads {threads} --out {output} > {log} 2>&1"
+        " --model {params.model} --pretrained {params.checkpoint} --threads {threads} --out {output.cache}"
+        " > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -4,12 +4,15 @@
 
 rule features:
     input:
-        data=lambda wildcards: dataset_dir(wildcards.dataset),
-        model=MODEL_DIR,
-        eval_cache=lambda wildcards: eval_caches([wildcards.dataset]),
-        splits=lambda wildcards: few_shot_splits(wildcards.dataset),
+        data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
+        model=ancient(MODEL_DIR),
+        eval_cache=lambda wildcards: [ancient(path) for path in eval_caches([wildcards.dataset])],
+        splits=lambda wildcards: [ancient(path) for path in few_shot_splits(wildcards.dataset)],
+        records=lambda wildcards: upstream_records(wildcards.dataset, GRID, [wildcards.dataset]),
+        request=lambda wildcards: features_job(wildcards.dataset)[0],
     output:
-        feature_files("{dataset}"),
+        store=feature_files("{dataset}"),
+        answered=f"{features_dir('{dataset}')}.request.json",
     params:
         code=CODE["features"],
         libraries=IMAGE_LIBRARIES,
@@ -40,17 +43,20 @@ rule features:
         " --model {params.model} --pretrained {params.checkpoint} {params.eval_cache} {params.few_shot}"
         " {params.templates} {params.views} --eval-batch-size {resources.eval_batch_size}"
         " --train-memory-mib {resources.train_memory_mib} {params.device} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} > {log} 2>&1 && cp {input.request} {output.answered}"
 
 
 rule fit:
     wildcard_constraints:
         method=name_pattern(FEATURE_METHODS),
     input:
-        features=lambda wildcards: feature_files(wildcards.dataset),
-        splits=lambda wildcards: few_shot_splits(wildcards.dataset),
-        zero_shot=lambda wildcards: zero_shot_metrics(wildcards.dataset),
-        model=MODEL_DIR,
+        features=lambda wildcards: [ancient(path) for path in feature_files(wildcards.dataset)],
+        splits=lambda wildcards: [ancient(path) for path in few_shot_splits(wildcards.dataset)],
+        zero_shot=lambda wildcards: ancient(zero_shot_metrics(wildcards.dataset)),
+        model=ancient(MODEL_DIR),
+        records=lambda wildcards: upstream_records(
+            wildcards.dataset, GRID, zero_shot=[wildcards.dataset], features=True
+        ),
         # One per split, in the order of `splits`.
         requests=lambda wildcards: [
             request_path(f"{run_dir(wildcards.dataset, wildcards.method, k, s)}/metrics.json")

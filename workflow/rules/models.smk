@@ -6,9 +6,12 @@ if DEMO_WEIGHTS:
 
     rule demo_pretrain:
         input:
-            world=WORLD,
+            world=ancient(WORLD),
+            record=world_job()[2],
+            request=model_job()[0],
         output:
-            directory(MODEL_DIR),
+            model=directory(MODEL_DIR),
+            answered=model_job()[2],
         params:
             code=CODE["demo_pretrain"],
             pretraining=config["demo"]["pretraining"],
@@ -19,16 +22,19 @@ if DEMO_WEIGHTS:
         log:
             "logs/models/demo_pretrain.log",
         shell:
-            "complora demo-pretrain --data {input.world} --out {output} --threads {threads}"
+            "complora demo-pretrain --data {input.world} --out {output.model} --threads {threads}"
             " --seed {params.pretraining[seed]} --steps {params.pretraining[steps]}"
             " --batch-size {params.pretraining[batch_size]} --pool-size {params.pretraining[pool_size]}"
-            " > {log} 2>&1"
+            " > {log} 2>&1 && cp {input.request} {output.answered}"
 
 else:
 
     rule pretrained_weights:
+        input:
+            request=model_job()[0],
         output:
-            directory(MODEL_DIR),
+            model=directory(MODEL_DIR),
+            answered=model_job()[2],
         conda:
             "../envs/complora.yaml"
         params:
@@ -38,5 +44,5 @@ else:
         log:
             f"logs/models/{BACKBONE_ID}.log",
         shell:
-            "complora weights --model {params.model} --pretrained {params.pretrained} --out {output}"
-            " --cache resources/open_clip_cache > {log} 2>&1"
+            "complora weights --model {params.model} --pretrained {params.pretrained} --out {output.model}"
+            " --cache resources/open_clip_cache > {log} 2>&1 && cp {input.request} {output.answered}"

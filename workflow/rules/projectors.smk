@@ -3,10 +3,13 @@
 
 rule projector:
     input:
-        model=MODEL_DIR,
+        model=ancient(MODEL_DIR),
+        records=upstream_records(),
+        request=projector_job()[0],
     output:
         projector=PROJECTOR,
         stats=PROJECTOR.replace(".safetensors", ".stats.json"),
+        answered=projector_job()[2],
     params:
         code=CODE["projector"],
         model=BACKBONE,
@@ -20,4 +23,4 @@ rule projector:
         f"logs/projectors/{BACKBONE}.log",
     shell:
         "complora projector --model {params.model} --pretrained {params.checkpoint} --k-max {params.k_max}"
-        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1"
+        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -3,12 +3,14 @@
 
 rule zero_shot:
     input:
-        data=lambda wildcards: dataset_dir(wildcards.dataset),
-        model=MODEL_DIR,
-        eval_cache=lambda wildcards: eval_caches([wildcards.dataset]),
+        data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
+        model=ancient(MODEL_DIR),
+        eval_cache=lambda wildcards: [ancient(path) for path in eval_caches([wildcards.dataset])],
+        records=lambda wildcards: upstream_records(wildcards.dataset, caches=[wildcards.dataset]),
         request=request_path(zero_shot_metrics("{dataset}")),
     output:
-        zero_shot_metrics("{dataset}"),
+        metrics=zero_shot_metrics("{dataset}"),
+        answered=zero_shot_answered("{dataset}"),
     params:
         code=CODE["evaluate"],
         model=BACKBONE,
@@ -33,7 +35,8 @@ rule zero_shot:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
         " {params.coop} {params.eval_cache} --eval-batch-size {resources.eval_batch_size} {params.device}"
-        " --threads {threads} --request {input.request} --out {output} > {log} 2>&1"
+        " --threads {threads} --request {input.request} --out {output.metrics} > {log} 2>&1"
+        " && cp {input.request} {output.answered}"
 
 
 rule train:

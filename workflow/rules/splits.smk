@@ -3,9 +3,12 @@
 
 rule few_shot_split:
     input:
-        data=lambda wildcards: dataset_dir(wildcards.dataset),
+        data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
+        record=lambda wildcards: data_answered(wildcards.dataset),
+        request=lambda wildcards: split_job(wildcards.dataset, wildcards.shots, wildcards.seed)[0],
     output:
-        "resources/splits/{dataset}/shots{shots}_seed{seed}.json",
+        split="resources/splits/{dataset}/shots{shots}_seed{seed}.json",
+        answered="resources/splits/{dataset}/shots{shots}_seed{seed}.request.json",
     params:
         code=CODE["few_shot_split"],
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
@@ -15,4 +18,5 @@ rule few_shot_split:
         "logs/splits/{dataset}/shots{shots}_seed{seed}.log",
     shell:
         "complora split --split-file {params.split_file} --dataset {wildcards.dataset}"
-        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output.split}"
+        " > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -52,10 +52,16 @@ def sort_methods(table: pd.DataFrame, first: tuple[str, ...] = (), then: tuple[s
     return table.iloc[sorted(range(len(table)), key=key)].reset_index(drop=True)
 
 
+def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table by dataset, method, shots and seed (zero-shot's missing seed first)."""
+    keyed = runs.assign(_seed=runs["seed"].fillna(-1))
+    return sort_methods(keyed, first=("dataset",), then=("shots", "_seed")).drop(columns="_seed")
+
+
 def _seed_statistics(frame: pd.DataFrame, value: str, keys: list[str]) -> pd.DataFrame:
     summary = frame.groupby(keys, dropna=False, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
     summary = summary.rename(columns={"count": "n_seeds"})
-    summary[["mean", "std"]] = summary[["mean", "std"]].round(2)
+    summary[["mean", "std"]] = summary[["mean", "std"]].round(2) + 0.0  # + 0.0: no "-0.00"
     return summary
 
 
@@ -113,7 +119,7 @@ def wide_table(
     wide = wide.reindex(columns=[*keys, *datasets])
     wide[AVERAGE] = wide[datasets].mean(axis=1, skipna=False)
     number = "{:+.2f}" if signed else "{:.2f}"
-    values = wide[[*datasets, AVERAGE]].map(lambda value: "-" if pd.isna(value) else number.format(value))
+    values = wide[[*datasets, AVERAGE]].map(lambda value: "-" if pd.isna(value) else number.format(value + 0.0))
     table = pd.concat([wide[keys], values], axis=1)
     if unchanged_cells is not None and len(unchanged_cells):
         kept = unchanged_cells[["shots", "method", "family"]].drop_duplicates().assign(published=False)
