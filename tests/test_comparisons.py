@@ -34,7 +34,8 @@ def test_one_seed_has_no_interval():
 
 def runs_frame(rows: list[tuple]) -> pd.DataFrame:
     columns = ["dataset", "method", "family", "shots", "seed", "accuracy", "mean_retention", "retention_status"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.assign(seed=frame["seed"].astype("Int64"))  # as complora.results.runs gives it
 
 
 def test_pairs_by_split_and_averages_over_datasets_per_seed():
@@ -65,11 +66,24 @@ def test_pairs_by_split_and_averages_over_datasets_per_seed():
 
 def test_verdicts_say_whether_the_interval_excludes_zero():
     base = {"metric": "accuracy", "method": "complora", "family": "complora", "reference_label": "LoRA",
-            "mean_difference": 2.5, "ci_low": 1.26, "ci_high": 3.74, "n_seeds": 3}  # fmt: skip
-    excludes = verdict(pd.Series({**base, "excludes_zero": True}))
-    assert excludes.startswith("Comp-LoRA's accuracy is higher than LoRA's: +2.50 points (95% CI +1.26 to +3.74")
-    assert "excludes zero" in excludes
+            "shots": 16, "mean_difference": 2.5, "ci_low": 1.26, "ci_high": 3.74, "n_seeds": 3}  # fmt: skip
+    assert verdict(pd.Series({**base, "excludes_zero": True})) == (
+        "Comp-LoRA's accuracy at 16 shots is higher than LoRA's by 2.50 points (95% CI +1.26 to +3.74, 3 seeds): "
+        "beyond seed noise."
+    )
     includes = verdict(pd.Series({**base, "ci_low": -0.5, "excludes_zero": False}))
-    assert "includes zero" in includes and "seed noise" in includes
-    single = verdict(pd.Series({**base, "ci_low": math.nan, "ci_high": math.nan, "n_seeds": 1, "excludes_zero": None}))
-    assert "one seed" in single and "no interval" in single
+    assert "differs from LoRA's by +2.50 points (95% CI -0.50 to +3.74" in includes and "within seed noise" in includes
+    single = {**base, "shots": 1, "ci_low": math.nan, "ci_high": math.nan, "n_seeds": 1, "excludes_zero": None}
+    assert "at 1 shot differs" in verdict(pd.Series(single)) and "no interval" in verdict(pd.Series(single))
+
+
+def test_an_average_needs_datasets_paired_at_every_seed():
+    rows = []
+    for dataset, seeds in (("A", (1, 2)), ("B", (2, 3))):  # no dataset has all of seeds 1, 2, 3
+        for seed in seeds:
+            rows.append((dataset, "lora", "lora", 1, seed, 50.0, -1.0, "measured"))
+            rows.append((dataset, "complora", "complora", 1, seed, 50.0 - 1e-3, -1.0, "measured"))
+    table = comparisons(runs_frame(rows), "lora")
+    assert "Average" not in set(table["dataset"]), "no average over datasets that differ from seed to seed"
+    a = table[(table["dataset"] == "A") & (table["metric"] == "accuracy")].iloc[0]
+    assert str(a["mean_difference"]) == "0.0" and str(a["ci_low"]) == "0.0", "rounded to 0.0, never -0.0"

@@ -149,3 +149,13 @@ def test_config_readme_is_generated_from_the_schema(tmp_path: Path, capsys):
     edited.write_text(page.replace("principal directions", "directions"))
     assert main(["config-docs", "--check", *schema, "--out", str(edited)]) == 2
     assert "is not what" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [("lorra", "comparisons.reference: 'lorra' is neither a method family"), ("zeroshot", "no seeds to pair")],
+)
+def test_a_comparisons_reference_that_names_no_method_is_refused(reference: str, expected: str):
+    with pytest.raises(ComploraError, match=expected):
+        check_config({"comparisons": {"reference": reference}}, SCHEMA)
+    assert check_config({"comparisons": {"reference": "clap"}}, SCHEMA)["comparisons"]["level"] == 0.95

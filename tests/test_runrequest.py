@@ -12,7 +12,15 @@ import pytest
 
 from complora.aggregate import aggregate
 from complora.errors import ComploraError
-from complora.runrequest import ANSWERED, differences, request_path, settle_run, stale_reasons
+from complora.runrequest import (
+    ANSWERED,
+    answered_path,
+    differences,
+    request_path,
+    settle_artifact,
+    settle_run,
+    stale_reasons,
+)
 
 REQUEST = {"method": "lora", "hyperparameters": {"learning_rate": 0.0002, "rank": 2}, "code": "abc"}
 WEIGHTS = "ab" * 32
@@ -106,3 +114,32 @@ def test_aggregate_refuses_stale_runs_naming_them_and_the_fix(tmp_path: Path):
         aggregate(paths, tmp_path / "stale", requests=requests, model_metadata=metadata)
     with pytest.raises(ComploraError, match="2 request files for 1 metrics"):
         aggregate(paths[:1], tmp_path / "stale", requests=requests)
+
+
+def test_an_artifact_is_judged_by_the_request_it_recorded(tmp_path: Path):
+    request_file, artifact = tmp_path / "requests" / "split.json", tmp_path / "splits" / "shots1_seed1.json"
+    answered = Path(answered_path(str(artifact), directory=False))
+    assert answered.name == "shots1_seed1.request.json"
+    assert (
+        answered_path("resources/models/ViT-B-16_x.v2", directory=True) == "resources/models/ViT-B-16_x.v2.request.json"
+    )
+    assert settle_artifact(request_file, REQUEST, answered) == [], "not made yet: its job runs anyway"
+    answered.parent.mkdir()
+    answered.write_text(json.dumps(REQUEST))  # what the job copies when it succeeds
+    assert settle_artifact(request_file, REQUEST, answered) == []
+    assert request_file.stat().st_mtime == answered.stat().st_mtime == ANSWERED, "both timeless while answered"
+    changed = {**REQUEST, "code": "def"}
+    assert settle_artifact(request_file, changed, answered) == ['code: "abc" → "def"']
+    assert request_file.stat().st_mtime > answered.stat().st_mtime, "the request is newer: the job is redone"
+    answered.write_text("{broken")
+    assert settle_artifact(request_file, changed, answered) == ["its request record is unreadable"]
+
+
+def test_a_zero_shot_runs_record_is_timed_with_its_request(tmp_path: Path):
+    request_file, metrics = tmp_path / "request.json", tmp_path / "run" / "metrics.json"
+    answered = tmp_path / "run" / "metrics.request.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(record()))
+    answered.write_text(json.dumps(REQUEST))
+    assert settle_run(request_file, REQUEST, metrics, "s1", WEIGHTS, answered) == []
+    assert answered.stat().st_mtime == ANSWERED, "the runs reading this one see it as old as anything"

@@ -21,6 +21,7 @@ from .results.plots import (
     accuracy_by_dataset,
     accuracy_vs_retention,
     accuracy_vs_shots,
+    make_palette,
     read_curves,
     retention_vs_shots,
     training_curves,
@@ -49,7 +50,7 @@ def headline(averaged: pd.DataFrame, zero_shot: float | None, compared: pd.DataF
     figures: dict[str, Any] = {"accuracy": {}, "retention": {}}
     if zero_shot is not None:
         figures["accuracy"][ZERO_SHOT] = {"shots0": round(zero_shot, 2)}
-    for row in averaged.itertuples(index=False):
+    for row in averaged[averaged["datasets"] == averaged["of"]].itertuples(index=False):
         figures["accuracy"].setdefault(row.method, {})[f"shots{row.shots}"] = row.accuracy
         if not row.unchanged and not pd.isna(row.retention):
             figures["retention"].setdefault(row.method, {})[f"shots{row.shots}"] = row.retention
@@ -99,6 +100,7 @@ def aggregate(
     zero_shot_runs = runs.loc[runs["method"] == ZERO_SHOT, "accuracy"]
     zero_shot = float(zero_shot_runs.mean()) if len(zero_shot_runs) else None
     figures = headline(averaged, zero_shot, compared)
+    palette = make_palette(list(runs[["method", "family"]].drop_duplicates().itertuples(index=False)))
     md = {"accuracy": markdown(accuracy_wide), "retention": markdown(retention_wide)}
     tables, plots = out / "tables", out / "plots"
     runs_out = runs.assign(path=[str(Path(path).parent) for path in runs["path"]]).rename(columns={"path": "run"})
@@ -117,21 +119,25 @@ def aggregate(
             f"Paired differences from {compare_to} ({level:.0%} Student-t intervals over seeds)",
             "Average: each seed's differences averaged over the datasets both methods ran, then over seeds.",
         ),
-        **{plots / f"accuracy_{dataset}.png": accuracy_by_dataset(accuracy, dataset) for dataset in datasets},
-        plots / "accuracy_vs_shots.png": accuracy_vs_shots(accuracy, published, datasets),
-        plots / "accuracy_vs_retention.png": accuracy_vs_retention(runs, zero_shot),
-        plots / "retention.png": retention_vs_shots(retention),
+        **{plots / f"accuracy_{d}.png": accuracy_by_dataset(accuracy, d, palette) for d in datasets},
+        plots / "accuracy_vs_shots.png": accuracy_vs_shots(accuracy, published, datasets, palette),
+        plots / "accuracy_vs_retention.png": accuracy_vs_retention(runs, zero_shot, palette),
+        plots / "retention.png": retention_vs_shots(retention, palette),
         # Not key-sorted: shots stay in numeric order for `dvc metrics show`.
         out / "metrics.json": json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n",
-        out / "summary.md": summary_markdown(runs, records, averaged, compared, md, compare_to, level),
     }
-    curves = training_curves(read_curves(runs), datasets)
+    curves = training_curves(read_curves(runs), datasets, palette)
     if curves is not None:
         files[plots / "training_curves.png"] = curves
+    summary = summary_markdown(runs, records, averaged, compared, md, compare_to, level, curves is not None)
+    files[out / "summary.md"] = summary
     for path, content in files.items():
         with atomic_path(path) as temporary:
             if isinstance(content, bytes):
                 temporary.write_bytes(content)
             else:
                 temporary.write_text(content)
+    for old in plots.glob("*.png"):  # a dataset or method no longer in the study leaves no figure behind
+        if old not in files:
+            old.unlink()
     return figures

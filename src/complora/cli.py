@@ -495,6 +495,9 @@ def _run_fit(args: argparse.Namespace) -> None:
 
 
 def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .aggregate import DEFAULT_REFERENCE
+    from .results.comparisons import DEFAULT_LEVEL
+
     parser.add_argument("metrics", nargs="+", type=Path, help="the runs' metrics.json files")
     parser.add_argument("--out", type=Path, required=True, help="results folder: tables/, plots/, summary.md")
     parser.add_argument("--reference", type=Path, help="published numbers to show beside ours (Table 3 CSV)")
@@ -510,10 +513,15 @@ def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-metadata", type=Path, help="metadata.json of the weights artifact: every run must come from it"
     )
     parser.add_argument(
-        "--compare-to", default="lora", help="the reference method of the paired comparisons (default lora)"
+        "--compare-to",
+        default=DEFAULT_REFERENCE,
+        help=f"the reference method of the paired comparisons (default {DEFAULT_REFERENCE})",
     )
     parser.add_argument(
-        "--level", type=float, default=0.95, help="confidence level of the comparisons' intervals (default 0.95)"
+        "--level",
+        type=float,
+        default=DEFAULT_LEVEL,
+        help=f"confidence level of the comparisons' intervals (default {DEFAULT_LEVEL})",
     )
 
 

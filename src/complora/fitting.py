@@ -5,7 +5,6 @@ fit sees the k-shot split's train and val features and the prompts' text feature
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from .methods.feature import FeatureTask
 from .methods.registry import implementation
 from .runinfo import peak_rss_mib
 from .runrecord import METRICS_FILE, Backbone, common_record, config_hash, data_record, read_zero_shot_run
+from .runrequest import weights_of_artifact
 from .tensorfile import save_tensors
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -52,15 +52,6 @@ class FitSpec:
     requests: Sequence[dict[str, Any]] = ()
 
 
-def _weights_of_artifact(path: Path) -> str:
-    try:
-        return json.loads(path.read_text())["weights_sha256"]
-    except FileNotFoundError:
-        raise ComploraError(f"weights metadata {path} does not exist; prepare the pretrained model first") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ComploraError(f"{path} is not a weights metadata file ({error!r}); rebuild the model artifact") from None
-
-
 def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
     """Fit the method on each k-shot split's stored features, then classify the test features; writes
     ``<out_root>/shots<k>/seed<s>/`` (classifier.safetensors, then metrics.json) per split. The family's fit
@@ -74,7 +65,7 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
             f"{len(spec.requests)} requests for {len(spec.few_shot_files)} k-shot splits: give one --request per "
             "--few-shot, in the same order"
         )
-    base_sha256 = _weights_of_artifact(spec.model_metadata)
+    base_sha256 = weights_of_artifact(spec.model_metadata)
     reference = read_zero_shot_run(spec.zero_shot_run, base_sha256, spec.template, None)
     preprocessing = reference["config"]["preprocessing_sha256"]  # the store must share it
     if reference["dataset"] != spec.dataset.name:

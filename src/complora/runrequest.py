@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
+from .data.splits import file_sha256
+from .errors import ComploraError
 
 REQUESTS_DIR = "resources/requests"
 RUNS_DIR = "results/runs"
-METRICS_NAME = "metrics.json"
 # The time of what answers its request: older than anything made, so Snakemake's time comparison leaves
 # it alone (1, not 0: Snakemake skips the comparison when a job's oldest output has time 0).
 ANSWERED = 1
@@ -58,12 +59,22 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def file_sha256(path: Path) -> str | None:
+def sha256_if_present(path: str | os.PathLike[str]) -> str | None:
     """sha256 of a file's bytes, None when it does not exist (yet)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         return None
+
+
+def weights_of_artifact(path: str | os.PathLike[str]) -> str:
+    """The weights' sha256 a model artifact's metadata.json records: today's weights."""
+    try:
+        return json.loads(Path(path).read_text())["weights_sha256"]
+    except FileNotFoundError:
+        raise ComploraError(f"weights metadata {path} does not exist; prepare the pretrained model first") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ComploraError(f"{path} is not a weights metadata file ({error!r}); rebuild the model artifact") from None
 
 
 def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:

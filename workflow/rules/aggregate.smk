@@ -8,6 +8,7 @@ rule aggregate:
         requests=REQUESTS,
         model=MODEL_DIR,
         reference=[config["reference_table"]] if config["reference_table"] else [],
+        request=artifact_request_file(aggregate_job()),
     output:
         runs_csv="results/tables/runs.csv",
         runs=table_report("results/tables/runs.html", "runs_table", "Runs", "every run"),
@@ -36,13 +37,14 @@ rule aggregate:
         ),
         training_curves=[
             figure_report(
-                "results/plots/training_curves.png", "training_curves", "Runs", "training loss", "all", max(SHOTS)
+                "results/plots/training_curves.png", "training_curves", "Runs", "training loss", "all", "largest"
             )
         ]
         if ADAPTER_METHODS
         else [],
         summary="results/summary.md",
         metrics="results/metrics.json",
+        answered=aggregate_job()[2],
     conda:
         "../envs/complora.yaml"
     params:
@@ -53,4 +55,4 @@ rule aggregate:
         "logs/aggregate.log",
     shell:
         "complora aggregate {input.metrics} --requests {input.requests} --model-metadata {input.model}/metadata.json"
-        " {params.reference} {params.compare} --out results > {log} 2>&1"
+        " {params.reference} {params.compare} --out results > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -17,11 +17,11 @@ from complora.methods.registry import study_methods
 from complora.runrequest import (
     answered_path,
     digest,
-    file_sha256,
     read_json,
     request_path,
     settle_artifact,
     settle_run,
+    sha256_if_present,
 )
 from complora.sourcehash import source_fingerprint
 
@@ -106,11 +106,14 @@ def dataset_split_file(dataset):
     return f"{WORLD}/{dataset}/split.json" if is_demo(dataset) else f"resources/data/{dataset}/split.json"
 
 
+def benchmark_templates(dataset):
+    """CoOp's zero-shot prompt(s) for a benchmark (none for the demo's and custom datasets)."""
+    return list(REGISTRY[dataset].templates) if dataset in REGISTRY else []
+
+
 def coop_template_flags(dataset):
-    """CoOp's zero-shot prompt(s) for a benchmark, recorded beside the single-prompt accuracy."""
-    if dataset not in REGISTRY:
-        return ""
-    return " ".join(f"--coop-template {shlex.quote(template)}" for template in REGISTRY[dataset].templates)
+    """CoOp's prompts as flags: their accuracy is recorded beside the single-prompt accuracy."""
+    return " ".join(f"--coop-template {shlex.quote(template)}" for template in benchmark_templates(dataset))
 
 
 def device_flag(gpus):
@@ -179,17 +182,16 @@ def method_flags(method):
 
 
 def train_inputs(wildcards):
-    """Every input but the request is ancient (complora.runrequest): its time never triggers a run."""
+    """The inputs are ancient (complora.runrequest): their time never triggers a run; the request and the
+    records of the artifacts read (``records``) carry it."""
     datasets = [wildcards.dataset, *retention_datasets(wildcards.dataset)]
     inputs = {
         "data": ancient(dataset_dir(wildcards.dataset)),
         "model": ancient(MODEL_DIR),
-        "split": ancient(f"resources/splits/{wildcards.dataset}/shots{wildcards.shots}_seed{wildcards.seed}.json"),
+        "split": ancient(split_path(wildcards.dataset, wildcards.shots, wildcards.seed)),
         "zero_shot": [ancient(zero_shot_metrics(d)) for d in datasets],
         "eval_caches": [ancient(path) for path in eval_caches(datasets)],
-        "request": request_path(
-            f"{run_dir(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed)}/metrics.json"
-        ),
+        "request": run_request_file(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed),
     }
     projector = METHODS[wildcards.method].spec.needs_projector
     if projector:
@@ -200,7 +202,7 @@ def train_inputs(wildcards):
 
 
 def few_shot_splits(dataset):
-    return [f"resources/splits/{dataset}/shots{shots}_seed{seed}.json" for shots in SHOTS for seed in SEEDS]
+    return [split_path(dataset, shots, seed) for shots in SHOTS for seed in SEEDS]
 
 
 def features_dir(dataset):
@@ -269,11 +271,21 @@ BACKBONE_REQUEST = {"model": BACKBONE, "pretrained": CHECKPOINT}
 
 # A job's request names its inputs by their requests' digests: every input but the request is ancient, so a
 # change upstream reaches the jobs downstream through their requests.
+def evaluation_inputs(datasets):
+    """What decides the test pixels a job evaluates: the image libraries (where a job decodes the images
+    itself) and, with the evaluation caches, each cache's request."""
+    inputs = {"libraries": IMAGE_LIBRARIES}
+    if EVAL_CACHE:
+        inputs["eval_caches"] = {name: digest(eval_cache_job(name)[1]) for name in datasets}
+    return inputs
+
+
 def zero_shot_request(dataset):
     return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"],
-            "coop_templates": list(REGISTRY[dataset].templates) if dataset in REGISTRY else [],
-            "backbone": BACKBONE_REQUEST, "code": CODE["evaluate"],
-            "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1])}}  # fmt: skip
+            "coop_templates": benchmark_templates(dataset), "backbone": BACKBONE_REQUEST,
+            "device": device_flag(ZERO_SHOT_GPUS), "code": CODE["evaluate"],
+            "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]),
+                       **evaluation_inputs([dataset])}}  # fmt: skip
 
 
 def run_request(dataset, method, shots, seed):
@@ -286,7 +298,9 @@ def run_request(dataset, method, shots, seed):
     if spec.kind == ADAPTER:
         references = [dataset, *retention_datasets(dataset)]
         inputs["zero_shot"] = {name: digest(zero_shot_request(name)) for name in references}
-        request |= {"retention_datasets": retention_datasets(dataset), "code": CODE["evaluate"]}
+        inputs |= evaluation_inputs(references)
+        request |= {"retention_datasets": retention_datasets(dataset), "device": device_flag(TRAINING_GPUS),
+                    "code": CODE["evaluate"]}  # fmt: skip
         if spec.spec.needs_projector:
             request["projector"] = {"k_max": PROJECTOR_K, "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS}
             inputs["projector"] = digest(projector_job()[1])
@@ -319,7 +333,10 @@ def dataset_job(dataset):
     if dataset in CUSTOM:
         request = {"code": CODE["dataset"], "custom": CUSTOM[dataset]}
     else:
-        request = {"code": CODE["dataset"], "data": {key: config["data"][key] for key in ("cache", "root", "registry")}}
+        # Downloads are verified by checksum wherever they are cached; the registry counts by its content.
+        registry = config["data"]["registry"]
+        request = {"code": CODE["dataset"], "root": config["data"]["root"],
+                   "registry": sha256_if_present(registry) if registry else None}  # fmt: skip
     path, request = artifact_request("dataset", dataset, request)
     return path, request, answered_path(f"resources/data/{dataset}", directory=True)
 
@@ -354,9 +371,19 @@ def features_job(dataset):
     request = {"code": CODE["features"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
                "shots": SHOTS, "seeds": SEEDS, "views": STORE_VIEWS,
                "templates": list(dict.fromkeys([config["prompt_template"], *coop_templates(dataset)])),
-               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]), "splits": splits}}  # fmt: skip
+               "device": device_flag(ZERO_SHOT_GPUS),
+               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]), "splits": splits,
+                          **evaluation_inputs([dataset])}}  # fmt: skip
     path, request = artifact_request("features", f"{dataset}/{BACKBONE_ID}", request)
     return path, request, answered_path(features_dir(dataset), directory=True)
+
+
+def aggregate_job():
+    """The tables' request: the runs they are made of, the comparisons' settings, the published numbers."""
+    table = config["reference_table"]
+    request = {"code": CODE["aggregate"], "runs": digest({"metrics": TABLE_METRICS}),
+               "comparisons": config["comparisons"], "reference_table": sha256_if_present(table) if table else None}  # fmt: skip
+    return (*artifact_request("aggregate", "results", request), "results/tables/aggregate.request.json")
 
 
 def data_answered(dataset):
@@ -388,34 +415,66 @@ def artifact_jobs():
     jobs.append(projector_job())
     jobs += [eval_cache_job(d) for d in ALL_DATASETS] if EVAL_CACHE else []
     jobs += [features_job(d) for d in FEATURE_DATASETS]
+    jobs.append(aggregate_job())
     return jobs
 
 
+# Each request is settled once per parse: the grid's below, a job outside it (a target of its own) when
+# Snakemake asks for its inputs.
+MODEL_METADATA = read_json(Path(MODEL_DIR) / "metadata.json")
+WEIGHTS_SHA256 = MODEL_METADATA.get("weights_sha256") if isinstance(MODEL_METADATA, dict) else None
+SETTLED = {}
+
+
+def settle_once(request_file, settle, made):
+    # Only the main Snakemake process judges: a job's own process (on a cluster node) finds its request
+    # written, and must not re-time the records of jobs finishing beside it.
+    if request_file not in SETTLED and workflow.is_main_process:
+        SETTLED[request_file] = (made, settle())
+    return request_file
+
+
+def artifact_request_file(job):
+    path, request, answered = job
+    return settle_once(path, lambda: settle_artifact(path, request, answered), answered.removesuffix(".request.json"))
+
+
+def zero_shot_request_file(dataset):
+    metrics = zero_shot_metrics(dataset)
+
+    def settle():
+        split = sha256_if_present(dataset_split_file(dataset))
+        return settle_run(request_path(metrics), zero_shot_request(dataset), metrics, split, WEIGHTS_SHA256,
+                          zero_shot_answered(dataset))  # fmt: skip
+
+    return settle_once(request_path(metrics), settle, str(Path(metrics).parent))
+
+
+def run_request_file(dataset, method, shots, seed):
+    metrics = f"{run_dir(dataset, method, shots, seed)}/metrics.json"
+
+    def settle():
+        split = sha256_if_present(split_path(dataset, shots, seed))
+        request = run_request(dataset, method, int(shots), int(seed))
+        return settle_run(request_path(metrics), request, metrics, split, WEIGHTS_SHA256)
+
+    return settle_once(request_path(metrics), settle, str(Path(metrics).parent))
+
+
 def settle_requests():
-    """Write every job's request and mark what is stale for redoing; says which and why."""
-    stale = {}
-    for request_file, request, answered in artifact_jobs():
-        reasons = settle_artifact(request_file, request, answered)
-        if reasons:
-            stale[answered.removesuffix(".request.json")] = reasons
-    metadata = read_json(Path(MODEL_DIR) / "metadata.json")
-    weights = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
-    runs = [
-        (zero_shot_metrics(d), zero_shot_request(d), dataset_split_file(d), zero_shot_answered(d)) for d in ALL_DATASETS
-    ]
-    runs += [
-        (f"{run_dir(d, m, k, s)}/metrics.json", run_request(d, m, k, s), split_path(d, k, s), None)
-        for m in TRAINED_METHODS
-        for d in method_datasets(m)
-        for k in method_shots(m)
-        for s in SEEDS
-    ]
-    for metrics, request, split, answered in runs:
-        reasons = settle_run(request_path(metrics), request, metrics, file_sha256(Path(split)), weights, answered)
-        if reasons:
-            stale[str(Path(metrics).parent)] = reasons
+    """Write the grid's requests and mark what is stale for redoing; says which and why."""
+    for job in artifact_jobs():
+        artifact_request_file(job)
+    for dataset in ALL_DATASETS:
+        zero_shot_request_file(dataset)
+    for method in TRAINED_METHODS:
+        for dataset in method_datasets(method):
+            for shots in method_shots(method):
+                for seed in SEEDS:
+                    run_request_file(dataset, method, shots, seed)
+    stale = [(made, reasons) for made, reasons in SETTLED.values() if reasons]
     if stale:
-        shown = [f"  {folder}: " + "; ".join(reasons[:3]) for folder, reasons in list(stale.items())[:10]]
+        shown = [f"  {made}: " + "; ".join(reasons[:3]) for made, reasons in stale[:10]]
         more = [f"  ... and {len(stale) - 10} more"] if len(stale) > 10 else []
         logger.warning(
             f"{len(stale)} finished job(s) were made with other settings than this config asks for; they will be "

@@ -3,7 +3,7 @@
 
 rule demo_world:
     input:
-        request=world_job()[0],
+        request=artifact_request_file(world_job()),
     output:
         world=directory(WORLD),
         answered=world_job()[2],
@@ -23,7 +23,7 @@ rule demo_world:
 
 rule dataset:
     input:
-        request=lambda wildcards: dataset_job(wildcards.dataset)[0],
+        request=lambda wildcards: artifact_request_file(dataset_job(wildcards.dataset)),
     output:
         data=directory("resources/data/{dataset}"),
         answered="resources/data/{dataset}.request.json",
@@ -45,7 +45,7 @@ rule dataset:
 
 rule custom_dataset:
     input:
-        request=lambda wildcards: dataset_job(wildcards.dataset)[0],
+        request=lambda wildcards: artifact_request_file(dataset_job(wildcards.dataset)),
     output:
         data=directory("resources/data/{dataset}"),
         answered="resources/data/{dataset}.request.json",

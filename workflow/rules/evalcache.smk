@@ -7,7 +7,7 @@ rule eval_cache:
         data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
         model=ancient(MODEL_DIR),
         records=lambda wildcards: upstream_records(wildcards.dataset),
-        request=lambda wildcards: eval_cache_job(wildcards.dataset)[0],
+        request=lambda wildcards: artifact_request_file(eval_cache_job(wildcards.dataset)),
     output:
         cache=directory(eval_cache_dir("{dataset}")),
         answered=f"{eval_cache_dir('{dataset}')}.request.json",

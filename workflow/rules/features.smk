@@ -9,7 +9,7 @@ rule features:
         eval_cache=lambda wildcards: [ancient(path) for path in eval_caches([wildcards.dataset])],
         splits=lambda wildcards: [ancient(path) for path in few_shot_splits(wildcards.dataset)],
         records=lambda wildcards: upstream_records(wildcards.dataset, GRID, [wildcards.dataset]),
-        request=lambda wildcards: features_job(wildcards.dataset)[0],
+        request=lambda wildcards: artifact_request_file(features_job(wildcards.dataset)),
     output:
         store=feature_files("{dataset}"),
         answered=f"{features_dir('{dataset}')}.request.json",
@@ -59,9 +59,7 @@ rule fit:
         ),
         # One per split, in the order of `splits`.
         requests=lambda wildcards: [
-            request_path(f"{run_dir(wildcards.dataset, wildcards.method, k, s)}/metrics.json")
-            for k in SHOTS
-            for s in SEEDS
+            run_request_file(wildcards.dataset, wildcards.method, k, s) for k in SHOTS for s in SEEDS
         ],
     output:
         expand("results/runs/{{dataset}}/{{method}}/shots{shots}/seed{seed}/metrics.json", shots=SHOTS, seed=SEEDS),

@@ -8,7 +8,7 @@ if DEMO_WEIGHTS:
         input:
             world=ancient(WORLD),
             record=world_job()[2],
-            request=model_job()[0],
+            request=artifact_request_file(model_job()),
         output:
             model=directory(MODEL_DIR),
             answered=model_job()[2],
@@ -31,7 +31,7 @@ else:
 
     rule pretrained_weights:
         input:
-            request=model_job()[0],
+            request=artifact_request_file(model_job()),
         output:
             model=directory(MODEL_DIR),
             answered=model_job()[2],

@@ -5,7 +5,7 @@ rule projector:
     input:
         model=ancient(MODEL_DIR),
         records=upstream_records(),
-        request=projector_job()[0],
+        request=artifact_request_file(projector_job()),
     output:
         projector=PROJECTOR,
         stats=PROJECTOR.replace(".safetensors", ".stats.json"),
@@ -23,4 +23,5 @@ rule projector:
         f"logs/projectors/{BACKBONE}.log",
     shell:
         "complora projector --model {params.model} --pretrained {params.checkpoint} --k-max {params.k_max}"
-        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1 && cp {input.request} {output.answered}"
+        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1"
+        " && cp {input.request} {output.answered}"

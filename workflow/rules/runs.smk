@@ -7,7 +7,7 @@ rule zero_shot:
         model=ancient(MODEL_DIR),
         eval_cache=lambda wildcards: [ancient(path) for path in eval_caches([wildcards.dataset])],
         records=lambda wildcards: upstream_records(wildcards.dataset, caches=[wildcards.dataset]),
-        request=request_path(zero_shot_metrics("{dataset}")),
+        request=lambda wildcards: zero_shot_request_file(wildcards.dataset),
     output:
         metrics=zero_shot_metrics("{dataset}"),
         answered=zero_shot_answered("{dataset}"),

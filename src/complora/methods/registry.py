@@ -71,8 +71,8 @@ def declare_methods(config: dict[str, Any]) -> None:
 
 
 def method_problems(config: dict[str, Any]) -> list[str]:
-    """After the schema check: names in ``methods`` that are declared nowhere, and grid restrictions that
-    leave the study's datasets or shots."""
+    """After the schema check: names in ``methods`` that are declared nowhere, a comparisons reference that
+    names no method, and grid restrictions that leave the study's datasets or shots."""
     declared, methods = config.get("hyperparameters"), config.get("methods")
     if not isinstance(declared, dict) or not isinstance(methods, list):
         return []  # the schema check names the problem
@@ -83,6 +83,14 @@ def method_problems(config: dict[str, Any]) -> list[str]:
         for index, name in enumerate(methods)
         if isinstance(name, str) and name != ZERO_SHOT and name not in declared
     ]
+    reference = (config.get("comparisons") or {}).get("reference")
+    if reference == ZERO_SHOT:
+        problems.append("  - comparisons.reference: zero-shot has no seeds to pair with; choose a trained method")
+    elif isinstance(reference, str) and reference not in declared and reference not in FAMILIES:
+        problems.append(
+            f"  - comparisons.reference: {reference!r} is neither a method family ({families}) nor declared under "
+            "hyperparameters"
+        )
     for name, entry in declared.items():
         if name in FAMILIES and isinstance(entry, dict) and entry.get("family", name) != name:
             problems.append(

@@ -38,12 +38,12 @@ def interval(differences: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[flo
 
 def _row(metric: str, method: str, family: str, reference: str, dataset: str, shots: int, datasets: int,
          differences: np.ndarray, level: float) -> dict:  # fmt: skip
-    mean, std, low, high = (value + 0.0 for value in interval(differences, level))  # + 0.0: no "-0.00"
-    excludes = None if math.isnan(low) else bool(low > 0 or high < 0)
+    mean, std, low, high = interval(differences, level)
+    excludes = None if len(differences) < 2 else bool(low > 0 or high < 0)
+    mean, std, low, high = (round(value, 2) + 0.0 for value in (mean, std, low, high))  # + 0.0: no "-0.00"
     return {"metric": metric, "method": method, "family": family, "reference": reference, "dataset": dataset,
-            "shots": shots, "datasets": datasets, "n_seeds": len(differences), "mean_difference": round(mean, 2),
-            "std_difference": round(std, 2), "ci_low": round(low, 2), "ci_high": round(high, 2),
-            "excludes_zero": excludes}  # fmt: skip
+            "shots": shots, "datasets": datasets, "n_seeds": len(differences), "mean_difference": mean,
+            "std_difference": std, "ci_low": low, "ci_high": high, "excludes_zero": excludes}  # fmt: skip
 
 
 def comparisons(runs: pd.DataFrame, reference: str, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
@@ -72,6 +72,8 @@ def comparisons(runs: pd.DataFrame, reference: str, level: float = DEFAULT_LEVEL
                 seeds = cell["seed"].nunique()
                 complete = cell.groupby("dataset")["seed"].transform("nunique") == seeds
                 cell = cell[complete]
+                if cell.empty:
+                    continue  # no dataset paired at every seed: no average over the same datasets
                 per_seed = cell.groupby("seed")["difference"].mean().to_numpy()
                 rows.append(
                     _row(metric, method, family, reference, AVERAGE, shots, cell["dataset"].nunique(), per_seed, level)
@@ -84,15 +86,16 @@ def comparisons(runs: pd.DataFrame, reference: str, level: float = DEFAULT_LEVEL
 
 
 def verdict(row: pd.Series, level: float = DEFAULT_LEVEL) -> str:
-    """One comparison in words."""
-    what = "accuracy" if row["metric"] == "accuracy" else "retention"
+    """One comparison in words (``row`` of the comparisons table, with the reference's ``reference_label``)."""
     name, reference = label(row["method"], row["family"]), row["reference_label"]
-    difference = f"{row['mean_difference']:+.2f} points"
+    shots = f"{row['shots']} shot{'s' if row['shots'] > 1 else ''}"
+    what = f"{name}'s {row['metric']} at {shots}"
+    difference = abs(row["mean_difference"])
     if pd.isna(row["excludes_zero"]):
-        return (f"{name} vs {reference}, {what}: {difference} on one seed; no interval (a single split cannot "
-                "separate an effect from seed noise).")  # fmt: skip
+        return (f"{what} differs from {reference}'s by {row['mean_difference']:+.2f} points on one seed: no "
+                "interval, a single split cannot separate an effect from seed noise.")  # fmt: skip
     ci = f"{level:.0%} CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}, {row['n_seeds']} seeds"
     if row["excludes_zero"]:
         direction = "higher" if row["mean_difference"] > 0 else "lower"
-        return f"{name}'s {what} is {direction} than {reference}'s: {difference} ({ci}); the interval excludes zero."
-    return f"{name} vs {reference}, {what}: {difference} ({ci}); the interval includes zero: within seed noise."
+        return f"{what} is {direction} than {reference}'s by {difference:.2f} points ({ci}): beyond seed noise."
+    return f"{what} differs from {reference}'s by {row['mean_difference']:+.2f} points ({ci}): within seed noise."

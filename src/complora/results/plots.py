@@ -8,10 +8,28 @@ from typing import Any
 
 import pandas as pd
 
+from ..methods.families import ADAPTER, FAMILIES
 from .runs import ZERO_SHOT
 from .tables import MEAN, ZERO_SHOT_COOP, label, method_rank
 
 FIGURE_SIZE = (5.6, 3.8)
+Palette = dict[str, dict[str, Any]]
+
+
+def make_palette(methods: list[tuple[str, str]]) -> Palette:
+    """One style per method, the same in every figure: its own colour (in table order), solid lines and
+    circles for methods that train adapters, dash-dots and squares for classifiers on frozen features."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colours = [*tab20[0::2], *tab20[1::2], *matplotlib.colormaps["tab20b"].colors]  # strong hues first
+    ranked = sorted(methods, key=lambda pair: method_rank(*pair))
+    styles = {}
+    for index, (method, family) in enumerate(m for m in ranked if m[0] not in (ZERO_SHOT, ZERO_SHOT_COOP)):
+        adapter = family in FAMILIES and FAMILIES[family].kind == ADAPTER
+        styles[method] = {"color": colours[index % len(colours)], "linestyle": "-" if adapter else "-.",
+                          "marker": "o" if adapter else "s"}  # fmt: skip
+    return styles
 
 
 def _pyplot() -> Any:
@@ -64,7 +82,7 @@ def _png(figure: Any, plt: Any) -> bytes:
     return buffer.getvalue()
 
 
-def accuracy_by_dataset(accuracy: pd.DataFrame, dataset: str) -> bytes:
+def accuracy_by_dataset(accuracy: pd.DataFrame, dataset: str, palette: Palette) -> bytes:
     """Top-1 vs shots for one dataset: a line per trained method (± std over seeds), zero-shot as a level."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
@@ -76,14 +94,15 @@ def accuracy_by_dataset(accuracy: pd.DataFrame, dataset: str) -> bytes:
             axes.axhline(points["mean"].iloc[0], color="gray", linestyle=style, label=label(method, family))
         else:
             yerr = points["std"].fillna(0.0)
-            axes.errorbar(
-                points["shots"], points["mean"], yerr=yerr, marker="o", capsize=3, label=label(method, family)
-            )
+            axes.errorbar(points["shots"], points["mean"], yerr=yerr, capsize=3, label=label(method, family),
+                          **palette[method])  # fmt: skip
     _shots_axis(axes, sorted(rows.loc[rows["shots"] > 0, "shots"].unique().tolist()))
     return _finish(figure, axes, "top-1 accuracy (%)", dataset, legend_outside=True)
 
 
-def accuracy_vs_shots(accuracy: pd.DataFrame, published: pd.DataFrame | None, datasets: list[str]) -> bytes:
+def accuracy_vs_shots(
+    accuracy: pd.DataFrame, published: pd.DataFrame | None, datasets: list[str], palette: Palette
+) -> bytes:
     """Top-1 averaged over the datasets vs shots, a line per method; published averages (CLIP-LoRA's Table 3)
     dashed in their family's colour, where they cover every dataset."""
     plt = _pyplot()
@@ -97,8 +116,9 @@ def accuracy_vs_shots(accuracy: pd.DataFrame, published: pd.DataFrame | None, da
             style = "--" if method == ZERO_SHOT else ":"
             axes.axhline(points["mean"].iloc[0], color="gray", linestyle=style, label=label(method, family))
             continue
-        (line,) = axes.plot(points["shots"], points["mean"], marker="o", label=label(method, family))
-        colours.setdefault(family, line.get_color())
+        axes.plot(points["shots"], points["mean"], label=label(method, family), **palette[method])
+        if method == family:
+            colours[family] = palette[method]["color"]
     if published is not None and len(published):
         shots_ours = set(means["shots"])
         rows = published[published["shots"].isin(shots_ours) & published["dataset"].isin(datasets)]
@@ -115,7 +135,7 @@ def accuracy_vs_shots(accuracy: pd.DataFrame, published: pd.DataFrame | None, da
     return _finish(figure, axes, "top-1 accuracy (%)", title, legend_outside=True)
 
 
-def accuracy_vs_retention(runs: pd.DataFrame, zero_shot: float | None) -> bytes:
+def accuracy_vs_retention(runs: pd.DataFrame, zero_shot: float | None, palette: Palette) -> bytes:
     """One panel per shot count: a point per method and variant that changes the encoders, at its mean
     retention (x) and mean top-1 (y), averaged over seeds and datasets; the pretrained model at (0, its
     zero-shot top-1). Up and to the right is better."""
@@ -128,11 +148,13 @@ def accuracy_vs_retention(runs: pd.DataFrame, zero_shot: float | None) -> bytes:
         cell = means[means["shots"] == count]
         for method, family in _methods(cell):
             point = cell[cell["method"] == method].iloc[0]
-            axes.scatter(point["mean_retention"], point["accuracy"], label=label(method, family), zorder=3)
+            style = palette[method]
+            axes.scatter(point["mean_retention"], point["accuracy"], label=label(method, family), zorder=3,
+                         color=style["color"], marker=style["marker"])  # fmt: skip
         if zero_shot is not None:
             axes.scatter(0.0, zero_shot, marker="*", s=90, color="gray", label="zero-shot (pretrained)", zorder=2)
         axes.axvline(0.0, color="gray", linewidth=0.8)
-        axes.set_title(f"{count} shots")
+        axes.set_title(f"{count} shot{'s' if count > 1 else ''}")
         axes.set_xlabel("retention (points)")
         axes.grid(alpha=0.3)
     panels[0][0].set_ylabel("top-1 accuracy (%)")
@@ -142,7 +164,7 @@ def accuracy_vs_retention(runs: pd.DataFrame, zero_shot: float | None) -> bytes:
     return _png(figure, plt)
 
 
-def retention_vs_shots(retention: pd.DataFrame) -> bytes:
+def retention_vs_shots(retention: pd.DataFrame, palette: Palette) -> bytes:
     """Mean zero-shot retention on the other datasets vs shots, one line per method (0 = nothing forgotten)."""
     plt = _pyplot()
     means = retention[retention["retention_dataset"] == MEAN]
@@ -151,7 +173,7 @@ def retention_vs_shots(retention: pd.DataFrame) -> bytes:
     axes.axhline(0.0, color="gray", linewidth=1)
     for method, family in _methods(averaged):
         points = averaged[averaged["method"] == method].sort_values("shots")
-        axes.plot(points["shots"], points["mean"], marker="o", label=label(method, family))
+        axes.plot(points["shots"], points["mean"], label=label(method, family), **palette[method])
     _shots_axis(axes, sorted(averaged["shots"].unique().tolist()))
     return _finish(figure, axes, "retention (points, mean over datasets)", "zero-shot retention after adaptation",
                    legend_outside=True)  # fmt: skip
@@ -170,7 +192,7 @@ def read_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def training_curves(curves: pd.DataFrame, datasets: list[str]) -> bytes | None:
+def training_curves(curves: pd.DataFrame, datasets: list[str], palette: Palette) -> bytes | None:
     """Training loss vs step at the largest shot count, one panel per dataset, a line per method (mean over
     seeds). None when no run has a curve."""
     if curves.empty:
@@ -186,7 +208,8 @@ def training_curves(curves: pd.DataFrame, datasets: list[str]) -> bytes | None:
         cell = curves[curves["dataset"] == dataset]
         for method, family in _methods(cell):
             mean = cell[cell["method"] == method].groupby("step")["loss"].mean()
-            axes.plot(mean.index, mean.to_numpy(), label=label(method, family), linewidth=1.2)
+            axes.plot(mean.index, mean.to_numpy(), label=label(method, family), linewidth=1.2,
+                      color=palette[method]["color"])  # fmt: skip
         axes.set_title(dataset, fontsize=9)
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import ComploraError
 from ..methods.families import ENCODERS_UNCHANGED
-from ..runrequest import file_sha256, read_json, stale_reasons
+from ..runrequest import read_json, sha256_if_present, stale_reasons, weights_of_artifact
 
 ZERO_SHOT = "zeroshot"
 REQUIRED_FIELDS = ("dataset", "method", "shots", "seed", "accuracy", "retention", "backbone", "config_hash")
@@ -67,14 +67,7 @@ def _split_sha256(run: dict[str, Any]) -> str | None:
     """Today's sha256 of the split the run records (its k-shot split, a zero-shot run's split file)."""
     data = run.get("data") or {}
     recorded = data.get("few_shot") or data.get("split_file")
-    return file_sha256(Path(recorded)) if recorded else None
-
-
-def _weights_of_artifact(path: Path) -> str:
-    metadata = read_json(path)
-    if not isinstance(metadata, dict) or "weights_sha256" not in metadata:
-        raise ComploraError(f"weights metadata {path} is missing or unreadable; prepare the pretrained model first")
-    return metadata["weights_sha256"]
+    return sha256_if_present(recorded) if recorded else None
 
 
 def read_runs(
@@ -89,7 +82,7 @@ def read_runs(
     refused with what differs: the tables never show old numbers under a new config."""
     if requests and len(requests) != len(paths):
         raise ComploraError(f"{len(requests)} request files for {len(paths)} metrics files: give one per run")
-    weights = _weights_of_artifact(Path(model_metadata)) if model_metadata else None
+    weights = weights_of_artifact(model_metadata) if model_metadata else None
     runs, seen, stale = [], {}, []
     for index, path in enumerate(map(Path, paths)):
         run = _load(path)
