@@ -27,6 +27,7 @@ from complora.adapters import (
     trainable_parameters,
     unmerge,
 )
+from complora.adapters.layer import LoraDropout
 from complora.adapters.sites import matrix_weight
 from complora.errors import ComploraError
 from complora.subspace import ProjectorError, build_projector
@@ -465,3 +466,19 @@ def test_adapters_train_under_autocast(make_tiny, tiny_inputs):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = encode(model, *tiny_inputs)
     assert all(torch.allclose(a.float(), b, rtol=0.1, atol=0.1) for a, b in zip(low, full, strict=True))
+
+
+def test_the_lora_dropout_keeps_each_input_with_probability_one_minus_p_and_rescales():
+    dropout = LoraDropout(0.25)
+    x = torch.ones(200, 500)
+    torch.manual_seed(0)
+    dropped = dropout(x)
+    kept = dropped != 0
+    assert set(dropped.unique().tolist()) == {0.0, pytest.approx(1 / 0.75)}
+    assert kept.float().mean().item() == pytest.approx(0.75, abs=0.005)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), dropped), "the mask comes from torch's generator"
+    assert torch.equal(dropout.eval()(x), x)
+    gradient = torch.ones(3, 4, requires_grad=True)
+    LoraDropout(0.5)(gradient).sum().backward()
+    assert set(gradient.grad.unique().tolist()) <= {0.0, 2.0}, "gradients flow through the kept inputs only"

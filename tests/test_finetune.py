@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -176,3 +177,19 @@ def test_few_shot_sampling_follows_coop():
     scarce = sample_few_shot(entries, shots=8, seed=1)
     # A class with fewer items than shots is drawn with replacement, so it must repeat some.
     assert len(scarce) == 24 and len({path for path, label, _ in scarce if label == 0}) <= 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
+def test_a_compiled_step_trains_as_the_eager_one(make_tiny, problem):
+    images, names = problem
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    runs = []
+    for compiled in (False, True):
+        settings = FinetuneSettings(iterations=6, batch_size=4, learning_rate=5e-3, compile=compiled)
+        model = _adapted(make_tiny)
+        runs.append((finetune(model, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32), model))
+    (eager, eager_model), (compiled, compiled_model) = runs
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-4)
+    for a, b in zip(_adapter_weights(compiled_model), _adapter_weights(eager_model), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -3,6 +3,7 @@ a tiny CLIP's feature store, the store's keys and checks, and that no family rea
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -360,9 +361,22 @@ def test_the_fit_verb_refuses_unknown_settings_by_name(store: dict, tmp_path: Pa
     assert code == 2 and "clap setting epochs: 'many' is not of the kind of its default 300" in capsys.readouterr().err
 
 
-def test_demo_config_declares_the_k_sweep():
-    config = check_config(yaml.safe_load((ROOT / "config.yaml").read_text()), SCHEMA)
-    methods = study_methods(config)
-    ks = sorted(method.settings["k"] for method in methods.values() if method.family == "complora")
+def _merged(base: dict, override: dict) -> dict:
+    """Snakemake's --configfile merge: mappings merged key by key, everything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both else value
+    return merged
+
+
+def test_demo_config_runs_every_family_and_its_k_sweep_file_declares_the_variants():
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    lora, complora = demo["hyperparameters"]["lora"], demo["hyperparameters"]["complora"]
+    assert {key: complora[key] for key in lora} == lora, "the demo trains both methods with the same hyperparameters"
+    methods = study_methods(check_config(copy.deepcopy(demo), SCHEMA))
+    assert {method.family for method in methods.values()} >= set(FEATURE_FAMILIES) | {"lora", "complora"}
+    sweep = check_config(_merged(demo, yaml.safe_load((ROOT / "config/demo_k_sweep.yaml").read_text())), SCHEMA)
+    ks = sorted(method.settings["k"] for method in study_methods(sweep).values() if method.family == "complora")
     assert ks == [8, 16, 32, 64]
-    assert {method.family for method in methods.values()} >= set(FEATURE_FAMILIES)
+    assert set(methods) < set(study_methods(sweep)), "the sweep keeps every method of the demo"

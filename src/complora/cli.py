@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -318,6 +319,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="steps between checkpoints (out-dir/checkpoint.pt, also written at the end of training and on "
         "SIGTERM / SIGINT); a rerun resumes from it. 0: no checkpoints (default 100)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the training step's towers through torch.compile (benchmarks/README.md says when it pays)",
+    )
     group = parser.add_argument_group("adapter")
     group.add_argument("--rank", type=int, default=adapter.rank)
     group.add_argument("--alpha", type=float, default=adapter.alpha)
@@ -348,7 +354,7 @@ def _run_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     settings = {key: getattr(args, key) for key in (*ADAPTER_KEYS, *TRAINING_KEYS)}
     adapter = adapter_config(args.method, settings)
-    settings = finetune_settings(settings, args.iterations, args.template)
+    settings = replace(finetune_settings(settings, args.iterations, args.template), compile=args.compile)
     spec = TrainSpec(
         dataset=_dataset_ref(args),
         few_shot_file=args.few_shot,

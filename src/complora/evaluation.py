@@ -19,6 +19,7 @@ from torch import nn
 
 from .data.images import EvalTransform, normalize
 from .data.testset import TestSplit
+from .text import encode_text
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 DEFAULT_BATCH_SIZE = 256
@@ -52,7 +53,7 @@ def text_classifier(
     for text in templates:
         tokens = tokenizer([text.format(name) for name in classnames]).to(device)
         with tower_autocast(device):
-            encoded = model.encode_text(tokens)
+            encoded = encode_text(model, tokens)
         features.append(F.normalize(encoded.float(), dim=-1))
     return features[0] if len(features) == 1 else F.normalize(torch.stack(features).mean(dim=0), dim=-1)
 

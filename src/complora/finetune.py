@@ -2,8 +2,13 @@
 
 Cross-entropy over cosine logits (scale 100) between augmented images and the class prompts, AdamW with
 a cosine schedule, and the final iterate returned (no selection on test). Text features are recomputed
-every step only when the text tower has trainable parameters. With a checkpoint (complora.checkpoint) a
-killed run resumes where it stopped and, on a CPU, ends exactly as an uninterrupted one.
+every step only when the text tower has trainable parameters, on the prompts' exact short context
+(complora.text). With a checkpoint (complora.checkpoint) a killed run resumes where it stopped and, on a
+CPU, ends exactly as an uninterrupted one.
+
+On CUDA a step does not wait for the GPU: crops and labels go through pinned memory with non-blocking
+copies, AdamW runs fused, and the loss stays on the device, read back only at the training curve's points
+(about a hundred per run) and at checkpoints. ``compile`` runs the towers through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, tower_autocast
 from .progress import progress_bar
 from .stopping import StopSignals
+from .text import encode_trimmed, shorten
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ class FinetuneSettings:
     logit_scale: float = 100.0
     template: str = DEFAULT_TEMPLATE
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Execution, not optimisation: the same steps through torch.compile's kernels.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
@@ -59,6 +67,12 @@ def curve_interval(iterations: int) -> int:
 
 def _text_tower_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("visual."))
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -147,25 +161,44 @@ def finetune(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=device.type == "cuda"
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations, settings.min_learning_rate)
-    tokens = tokenizer([settings.template.format(name) for name in classnames]).to(device)
+    tokens = shorten(model, tokenizer([settings.template.format(name) for name in classnames]).to(device))
     text_trainable = _text_tower_trainable(model)
     autocast = tower_autocast(device)
-    labels = images.labels.to(device)
     mean, std = transform.normalization(device)
     if not text_trainable:
         with torch.no_grad(), autocast:
-            fixed_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+            fixed_text = F.normalize(encode_trimmed(model, tokens).float(), dim=-1)
+
+    def step_loss(crops: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            image_features = model.encode_image(normalize(crops, mean, std))
+            text = encode_trimmed(model, tokens) if text_trainable else fixed_text
+        # The towers under autocast, the classifier (logits and loss) in float32.
+        image_features = F.normalize(image_features.float(), dim=-1)
+        text = F.normalize(text.float(), dim=-1) if text_trainable else text
+        return F.cross_entropy(settings.logit_scale * image_features @ text.T, targets)
+
+    forward = torch.compile(step_loss) if settings.compile else step_loss
 
     saved = checkpointing.load() if checkpointing else None
     loop = _restore(checkpointing, saved, model, optimizer, schedule, generator, device) if saved else _LoopState()
     resumed_at = loop.step if saved else None
     if saved:
         log.info("resuming from %s at step %d of %d", checkpointing.path, loop.step, settings.iterations)
+    # The curve's running sum stays on the device (float64, as the Python floats it replaces) between its points.
+    window_loss = torch.tensor(loop.window_loss, dtype=torch.float64, device=device)
+    last_loss = torch.tensor(loop.loss, device=device)
+
+    def read_back() -> None:
+        loop.loss, loop.window_loss = last_loss.item(), window_loss.item()
 
     def save() -> None:
         if checkpointing:
+            read_back()
             checkpointing.save(_snapshot(model, optimizer, schedule, generator, loop, device))
 
     every = curve_interval(settings.iterations)
@@ -178,29 +211,23 @@ def finetune(
                 loop.order, loop.position = torch.randperm(len(images), generator=generator), 0
             batch = loop.order[loop.position : loop.position + settings.batch_size]
             loop.position += settings.batch_size
-            crops = images.crops(batch, settings.crop_scale, generator)
-            if device.type == "cuda":
-                crops = crops.pin_memory().to(device, non_blocking=True)
-            inputs = normalize(crops, mean, std)
-            with autocast:
-                image_features = model.encode_image(inputs)
-                text = model.encode_text(tokens) if text_trainable else fixed_text
-            # The towers under autocast, the classifier (logits and loss) in float32.
-            image_features = F.normalize(image_features.float(), dim=-1)
-            text = F.normalize(text.float(), dim=-1) if text_trainable else text
-            loss = F.cross_entropy(settings.logit_scale * image_features @ text.T, labels[batch.to(device)])
+            crops = _to_device(images.crops(batch, settings.crop_scale, generator), device)
+            loss = forward(crops, _to_device(images.labels[batch], device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             learning_rate = optimizer.param_groups[0]["lr"]
             schedule.step()
             loop.step += 1
-            loop.loss = loss.item()
-            loop.window_loss += loop.loss
+            last_loss = loss.detach()
+            window_loss += last_loss
             loop.window_steps += 1
             if loop.step % every == 0 or loop.step == settings.iterations:
+                read_back()
                 loop.curve.append((loop.step, loop.window_loss / loop.window_steps, learning_rate))
+                window_loss.zero_()
                 loop.window_loss, loop.window_steps = 0.0, 0
+                progress.set_postfix(loss=f"{loop.loss:.3f}", refresh=False)
             loop.train_seconds += time.perf_counter() - session_start
             session_start = time.perf_counter()
             progress.update()
@@ -208,6 +235,11 @@ def finetune(
                 save()
         if stop and stop.requested:
             save()
+        read_back()
+        if device.type == "cuda":
+            # The queued steps belong to the training time.
+            torch.cuda.synchronize(device)
+        loop.train_seconds += time.perf_counter() - session_start
     if stop:
         kept = f", checkpoint saved at step {loop.step}" if checkpointing else ""
         stop.stop_if_requested(f" at training step {loop.step} of {settings.iterations}{kept}")

@@ -64,6 +64,7 @@ rule train:
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(TRAINING_GPUS),
+        compile=lambda wildcards, resources: "--compile" if resources.compile else "",
     threads: 1
     resources:
         gpu=TRAINING_GPUS,
@@ -73,6 +74,8 @@ rule train:
         checkpoint_every=100,
         eval_batch_size=256,
         train_memory_mib=2048,
+        # 1: the towers through torch.compile (on a GPU, where benchmarks/README.md measured what it gains).
+        compile=0,
     conda:
         "../envs/complora.yaml"
     log:
@@ -84,5 +87,5 @@ rule train:
         " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
         " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"
         " --train-memory-mib {resources.train_memory_mib}"
-        " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
+        " {params.device} {params.compile} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
         " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"

@@ -32,6 +32,7 @@ from complora.fingerprint import weights_sha256
 from complora.models import load_clip
 from complora.runinfo import package_versions, peak_rss_mib
 from complora.tensorfile import save_tensors
+from complora.text import encode_text
 
 from .datasets import WORLD_VERSION
 from .render import render
@@ -202,8 +203,10 @@ def pretrain(
         batch = rng.choice(len(pool), size=settings.batch_size, replace=False)
         images = normalize(torch.from_numpy(pool[batch]), *normalization)
         texts = tokenizer([caption(scenes[i], rng) for i in batch])
-        image_features, text_features, logit_scale = model(images, texts)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        # CLIP's forward, with the captions on their exact short context.
+        image_features = model.encode_image(images, normalize=True)
+        text_features = encode_text(model, texts, normalize=True)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

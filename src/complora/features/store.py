@@ -43,6 +43,7 @@ from ..fingerprint import weights_sha256
 from ..methods.families import AUGMENTATIONS
 from ..progress import progress_bar
 from ..tensorfile import save_tensors
+from ..text import encode_text
 
 FORMAT = "complora-features"
 FORMAT_VERSION = 1
@@ -86,7 +87,7 @@ def encode_texts(model: nn.Module, tokenizer: Any, classnames: list[str], templa
     for template in templates:
         tokens = tokenizer([template.format(name) for name in classnames]).to(device)
         with tower_autocast(device):
-            out.append(model.encode_text(tokens).float().cpu())
+            out.append(encode_text(model, tokens).float().cpu())
     return torch.stack(out)
 
 

@@ -1,0 +1,129 @@
+"""The GPU figures of benchmarks/gpu_check.sh: training-step times, evaluation throughput, and what they
+mean for one 16-shot ImageNet run and for the paper grid. Prints one JSON line.
+
+- Steps: the 16-shot-ImageNet-shaped step of ``adapter_step.py`` (ViT-B-16 random weights, 32 images at
+  224^2, bf16 autocast, fused AdamW) for LoRA and Comp-LoRA, ``--steps`` steps each in alternating blocks,
+  at 1,000 prompts (ImageNet) and at 100 (the time per step is taken as linear in the prompts between
+  them, for the other datasets); the CLIP-LoRA-style reference at 1,000 prompts for the ratio, and LoRA
+  through torch.compile (``complora train --compile``) with its compilation time.
+- Evaluation: complora's streamed top-1 (pinned non-blocking copies, normalisation on the GPU, bf16 image
+  tower, float32 classifier) over ``--eval-images`` uint8 images in memory, batch 256: images per second
+  of the model side; the evaluation cache's reads come on top (benchmarks/README.md, eval_scale.py).
+- Extrapolation: CLIP-LoRA's protocol, 500 x shots iterations, then the run's own test split and the ten
+  retention test splits (133,696 images in all; shared/reference/datasets.md), for every dataset x shots
+  x seed x {LoRA, Comp-LoRA} of config/paper.yaml, plus each dataset's zero-shot evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import open_clip
+import torch
+
+from adapter_step import make_model, make_step, prompts, random_vit_b16, timed
+from complora.adapters import AdapterConfig
+from complora.data.images import EvalTransform
+from complora.data.registry import load_registry
+from complora.data.testset import ArrayPixels, TestSplit
+from complora.evaluation import top1_accuracies
+from complora.subspace import build_projector
+
+SHOTS = (1, 2, 4, 8, 16)
+SEEDS = 3
+METHODS = ("lora", "complora")
+REGISTRY = load_registry()
+
+
+def step_seconds(device: torch.device, classes: int, steps: int, variants: tuple[str, ...], projector) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    tokens = open_clip.tokenize(prompts(classes)).to(device)
+    images = torch.randn(32, 3, 224, 224, generator=generator).to(device)
+    labels = torch.randint(0, classes, (32,), generator=generator).to(device)
+    runs = {}
+    for variant in variants:
+        model = make_model(variant, device, projector if variant == "complora" else None)
+        runs[variant] = make_step(model, variant, images, tokens, labels)
+    for run in runs.values():
+        timed(run, device, 3)  # warm-up: kernels chosen, allocator filled
+    blocks = 4
+    totals = dict.fromkeys(variants, 0.0)
+    for block in range(blocks):
+        for variant in variants if block % 2 == 0 else variants[::-1]:
+            totals[variant] += timed(runs[variant], device, max(1, steps // blocks)) / blocks
+    return totals
+
+
+def eval_images_per_second(device: torch.device, count: int) -> float:
+    model = random_vit_b16(device).eval()
+    transform = EvalTransform.for_model(model)
+    pixels = np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+    test = TestSplit("synthetic", torch.zeros(count, dtype=torch.long), ["c"] * 1000, ArrayPixels(pixels))
+    classifier = torch.nn.functional.normalize(torch.randn(1000, 512, device=device), dim=-1)
+    top1_accuracies(model, TestSplit("warm-up", test.labels[:256], test.classnames, ArrayPixels(pixels[:256])),
+                    [classifier], transform)  # fmt: skip
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    top1_accuracies(model, test, [classifier], transform)
+    torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per method at 1,000 prompts")
+    parser.add_argument("--eval-images", type=int, default=8192)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    projector = build_projector(random_vit_b16(device), AdapterConfig(method="complora", k=32))
+
+    at_1000 = step_seconds(device, 1000, args.steps, METHODS, projector)
+    at_100 = step_seconds(device, 100, max(4, args.steps // 4), METHODS, projector)
+    reference = step_seconds(device, 1000, max(4, args.steps // 10), ("cliplora",), projector)["cliplora"]
+    start = time.perf_counter()
+    compiled = step_seconds(device, 1000, max(4, args.steps // 4), ("lora+compile",), projector)["lora+compile"]
+    compile_seconds = time.perf_counter() - start
+    throughput = eval_images_per_second(device, args.eval_images)
+
+    def step(method: str, classes: int) -> float:
+        slope = (at_1000[method] - at_100[method]) / 900
+        return at_100[method] + slope * (classes - 100)
+
+    evaluated = sum(spec.counts["test"] for spec in REGISTRY.values())
+    imagenet_16 = {m: 500 * 16 * step(m, 1000) + evaluated / throughput for m in METHODS}
+    grid = (
+        sum(
+            SEEDS * (500 * shots * step(method, spec.classes) + evaluated / throughput)
+            for spec in REGISTRY.values()
+            for shots in SHOTS
+            for method in METHODS
+        )
+        + sum(spec.counts["test"] for spec in REGISTRY.values()) / throughput
+    )
+    report = {
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "step_seconds_1000_prompts": {m: round(v, 4) for m, v in at_1000.items()},
+        "step_seconds_100_prompts": {m: round(v, 4) for m, v in at_100.items()},
+        "cliplora_reference_step_seconds_1000_prompts": round(reference, 4),
+        "ratio_lora_over_cliplora": round(at_1000["lora"] / reference, 3),
+        "ratio_complora_over_lora": round(at_1000["complora"] / at_1000["lora"], 3),
+        "lora_compiled_step_seconds_1000_prompts": round(compiled, 4),
+        "ratio_compiled_over_eager": round(compiled / at_1000["lora"], 3),
+        "lora_compile_seconds_with_its_timed_steps": round(compile_seconds, 1),
+        "eval_images_per_second": round(throughput, 1),
+        "evaluated_images_per_run": evaluated,
+        "imagenet_16shot_run_minutes": {m: round(v / 60, 1) for m, v in imagenet_16.items()},
+        "paper_grid_gpu_hours": round(grid / 3600, 1),
+        "paper_grid_runs": len(REGISTRY) * len(SHOTS) * SEEDS * len(METHODS),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The text tower on the exact short context, with the causal mask handed to SDPA as ``is_causal``.
+
+open_clip's ``CLIP.encode_text`` runs every prompt at the full context (77 tokens for ViT-B-16) although
+CoOp-style prompts end within the first 20. Under the causal mask a position attends only to itself and
+the positions before it, so the features up to the end-of-text token do not depend on what follows it:
+cutting the tokens after the longest prompt's pooling position, with the positional embedding and the mask
+sliced to the same length, gives the same pooled features at a fraction of the cost. The model itself is
+not changed (it loads, merges and exports as before).
+
+A tower this module cannot shorten exactly (pooling on the last position, a mask that is not the standard
+causal one, a text tower other than ``CLIP``'s own) runs through ``model.encode_text`` unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import text_global_pool
+from torch import nn
+
+# Verdicts per mask buffer (by identity, in-place changes included): checking its values costs a device
+# synchronisation, once per buffer rather than once per step.
+_CAUSAL_VERDICTS: dict[int, tuple[weakref.ref, int, bool]] = {}
+_HOOKED_ATTRIBUTE = "complora_causal_hint"
+
+
+def _is_standard_causal(mask: torch.Tensor) -> bool:
+    if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or not mask.is_floating_point():
+        return False
+    known = _CAUSAL_VERDICTS.get(id(mask))
+    if known is not None and known[0]() is mask and known[1] == mask._version:
+        return known[2]
+    size = mask.shape[0]
+    upper = torch.ones(size, size, dtype=torch.bool, device=mask.device).triu(1)
+    verdict = bool(torch.equal(mask, torch.zeros_like(mask).masked_fill(upper, float("-inf"))))
+    _CAUSAL_VERDICTS[id(mask)] = (weakref.ref(mask), mask._version, verdict)
+    return verdict
+
+
+def shortenable(model: nn.Module) -> bool:
+    """Whether :func:`encode_text` runs ``model``'s text tower on a shortened context (exactly)."""
+    mask = getattr(model, "attn_mask", None)
+    return (
+        isinstance(model, CLIP)
+        and model.text_pool_type in ("argmax", "eos", "first")
+        and isinstance(mask, torch.Tensor)
+        and _is_standard_causal(mask)
+    )
+
+
+def pooled_positions(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The position each prompt's features are read from, as ``text_global_pool`` chooses it."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if model.text_pool_type == "eos":
+        return (tokens == model.text_eos_id).int().argmax(dim=-1)
+    return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+
+
+def shorten(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` cut after the longest prompt's pooling position (all of them if the tower cannot be shortened).
+
+    Do it once for prompts used many times (a training run's class prompts): reading the length back from the
+    device is a synchronisation."""
+    if not shortenable(model) or tokens.shape[0] == 0:
+        return tokens
+    length = int(pooled_positions(model, tokens).max()) + 1
+    return tokens[:, :length]
+
+
+def _causal_hint(
+    owner: weakref.ref, module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]] | None:
+    """Tell attention that its mask is a leading block of the tower's causal mask, which it then drops for
+    SDPA's ``is_causal`` (the kernels that skip the masked half, flash attention on a GPU)."""
+    model = owner()
+    mask = kwargs.get("attn_mask")
+    if model is None or mask is None or kwargs.get("is_causal") or kwargs.get("key_padding_mask") is not None:
+        return None
+    causal = model.attn_mask
+    if not _is_standard_causal(causal):
+        return None
+    # open_clip passes the buffer itself or, from encode_trimmed, a leading square slice of it; anything else
+    # (a copy made by a dtype cast, another mask) keeps the mask path.
+    leading_block = mask._base is causal and mask.storage_offset() == 0 and mask.stride() == causal.stride()
+    if (mask is causal or leading_block) and mask.shape[0] == mask.shape[1]:
+        return args, {**kwargs, "is_causal": True}
+    return None
+
+
+def use_causal_kernels(model: nn.Module) -> None:
+    """Hook every text-tower attention of a shortenable ``model`` (once; adapters injected later are hooked
+    when this is called again) so the causal mask reaches SDPA as ``is_causal``."""
+    if not shortenable(model):
+        return
+    # The model is read at call time (its mask buffer is replaced when it moves to another device).
+    hint = functools.partial(_causal_hint, weakref.ref(model))
+    for block in model.transformer.resblocks:
+        attention = block.attn
+        if not getattr(attention, _HOOKED_ATTRIBUTE, False):
+            setattr(attention, _HOOKED_ATTRIBUTE, True)
+            attention.register_forward_pre_hook(hint, with_kwargs=True)
+
+
+def encode_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on tokens already cut by :func:`shorten` (unnormalised features)."""
+    if not shortenable(model) or tokens.shape[1] == model.attn_mask.shape[0]:
+        use_causal_kernels(model)
+        return model.encode_text(tokens)
+    use_causal_kernels(model)
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return x
+
+
+def encode_text(model: nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """``model.encode_text(tokens, normalize)`` on the shortest exact context."""
+    features = encode_trimmed(model, shorten(model, tokens))
+    return F.normalize(features, dim=-1) if normalize else features
