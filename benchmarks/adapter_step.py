@@ -39,7 +39,7 @@ from complora.evaluation import tower_autocast
 from complora.models import load_clip
 from complora.runinfo import peak_rss_mib
 from complora.subspace import build_projector
-from complora.text import encode_trimmed, shorten
+from complora.text import prompt_encoder
 
 VARIANTS = ("lora", "complora", "cliplora", "lora+compile", "complora+compile")
 # Words of one BPE token each, so that a name of n words is n tokens.
@@ -140,10 +140,10 @@ def make_step(model: nn.Module, variant: str, images: torch.Tensor, tokens: torc
     if variant.startswith("cliplora"):
         encode_text = model.encode_text
     else:
-        short = shorten(model, tokens)
+        encode_prompts = prompt_encoder(model, tokens)
 
         def encode_text(_: torch.Tensor) -> torch.Tensor:
-            return encode_trimmed(model, short)
+            return encode_prompts()
 
     def loss_of_step() -> torch.Tensor:
         with autocast:
@@ -152,7 +152,8 @@ def make_step(model: nn.Module, variant: str, images: torch.Tensor, tokens: torc
         logits = 100 * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
         return F.cross_entropy(logits, labels)
 
-    forward = torch.compile(loss_of_step) if variant.endswith("+compile") else loss_of_step
+    compiled = variant.endswith("+compile")
+    forward = torch.compile(loss_of_step, options={"fallback_random": True}) if compiled else loss_of_step
 
     def step() -> None:
         loss = forward()

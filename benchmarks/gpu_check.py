@@ -1,5 +1,6 @@
 """The GPU figures of benchmarks/gpu_check.sh: training-step times, evaluation throughput, and what they
-mean for one 16-shot ImageNet run and for the paper grid. Prints one JSON line.
+mean for one 16-shot ImageNet run and for the paper grid. Prints a JSON line after each stage (the last one
+has everything).
 
 - Steps: the 16-shot-ImageNet-shaped step of ``adapter_step.py`` (ViT-B-16 random weights, 32 images at
   224^2, bf16 autocast, fused AdamW) for LoRA and Comp-LoRA, ``--steps`` steps each in alternating blocks,
@@ -38,7 +39,9 @@ METHODS = ("lora", "complora")
 REGISTRY = load_registry()
 
 
-def step_seconds(device: torch.device, classes: int, steps: int, variants: tuple[str, ...], projector) -> dict:
+def step_seconds(
+    device: torch.device, classes: int, steps: int, variants: tuple[str, ...], projector, warmup: int = 3
+) -> dict:
     generator = torch.Generator().manual_seed(0)
     tokens = open_clip.tokenize(prompts(classes)).to(device)
     images = torch.randn(32, 3, 224, 224, generator=generator).to(device)
@@ -48,13 +51,18 @@ def step_seconds(device: torch.device, classes: int, steps: int, variants: tuple
         model = make_model(variant, device, projector if variant == "complora" else None)
         runs[variant] = make_step(model, variant, images, tokens, labels)
     for run in runs.values():
-        timed(run, device, 3)  # warm-up: kernels chosen, allocator filled
+        timed(run, device, warmup)  # kernels chosen (compiled), allocator filled
     blocks = 4
     totals = dict.fromkeys(variants, 0.0)
     for block in range(blocks):
         for variant in variants if block % 2 == 0 else variants[::-1]:
             totals[variant] += timed(runs[variant], device, max(1, steps // blocks)) / blocks
     return totals
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def eval_images_per_second(device: torch.device, count: int) -> float:
@@ -65,10 +73,10 @@ def eval_images_per_second(device: torch.device, count: int) -> float:
     classifier = torch.nn.functional.normalize(torch.randn(1000, 512, device=device), dim=-1)
     top1_accuracies(model, TestSplit("warm-up", test.labels[:256], test.classnames, ArrayPixels(pixels[:256])),
                     [classifier], transform)  # fmt: skip
-    torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     top1_accuracies(model, test, [classifier], transform)
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return count / (time.perf_counter() - start)
 
 
@@ -76,53 +84,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per method at 1,000 prompts")
     parser.add_argument("--eval-images", type=int, default=8192)
+    parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script (with --prompts 20 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps before each measurement")
+    parser.add_argument("--prompts", type=int, nargs=2, default=(1000, 100), metavar=("MANY", "FEW"))
     args = parser.parse_args()
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device(args.device)
+    many, few = args.prompts
     projector = build_projector(random_vit_b16(device), AdapterConfig(method="complora", k=32))
 
-    at_1000 = step_seconds(device, 1000, args.steps, METHODS, projector)
-    at_100 = step_seconds(device, 100, max(4, args.steps // 4), METHODS, projector)
-    reference = step_seconds(device, 1000, max(4, args.steps // 10), ("cliplora",), projector)["cliplora"]
-    start = time.perf_counter()
-    compiled = step_seconds(device, 1000, max(4, args.steps // 4), ("lora+compile",), projector)["lora+compile"]
-    compile_seconds = time.perf_counter() - start
+    gpu = device.type == "cuda"
+    report: dict = {"gpu": torch.cuda.get_device_name(device) if gpu else "none (smoke test)",
+                    "torch": torch.__version__, "prompts": [many, few]}  # fmt: skip
+
+    def emit() -> None:
+        # A line after every stage: a run cut short by its time limit still leaves what it measured.
+        if gpu:
+            report["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        print(json.dumps(report), flush=True)
+
+    at_1000 = step_seconds(device, many, args.steps, METHODS, projector, args.warmup)
+    at_100 = step_seconds(device, few, max(4, args.steps // 4), METHODS, projector, args.warmup)
+    report["step_seconds_1000_prompts"] = {m: round(v, 4) for m, v in at_1000.items()}
+    report["step_seconds_100_prompts"] = {m: round(v, 4) for m, v in at_100.items()}
+    report["ratio_complora_over_lora"] = round(at_1000["complora"] / at_1000["lora"], 3)
+    emit()
     throughput = eval_images_per_second(device, args.eval_images)
 
     def step(method: str, classes: int) -> float:
-        slope = (at_1000[method] - at_100[method]) / 900
-        return at_100[method] + slope * (classes - 100)
+        slope = (at_1000[method] - at_100[method]) / (many - few)
+        return at_100[method] + slope * (classes - few)
 
     evaluated = sum(spec.counts["test"] for spec in REGISTRY.values())
     imagenet_16 = {m: 500 * 16 * step(m, 1000) + evaluated / throughput for m in METHODS}
-    grid = (
-        sum(
-            SEEDS * (500 * shots * step(method, spec.classes) + evaluated / throughput)
-            for spec in REGISTRY.values()
-            for shots in SHOTS
-            for method in METHODS
-        )
-        + sum(spec.counts["test"] for spec in REGISTRY.values()) / throughput
-    )
-    report = {
-        "gpu": torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "step_seconds_1000_prompts": {m: round(v, 4) for m, v in at_1000.items()},
-        "step_seconds_100_prompts": {m: round(v, 4) for m, v in at_100.items()},
-        "cliplora_reference_step_seconds_1000_prompts": round(reference, 4),
-        "ratio_lora_over_cliplora": round(at_1000["lora"] / reference, 3),
-        "ratio_complora_over_lora": round(at_1000["complora"] / at_1000["lora"], 3),
-        "lora_compiled_step_seconds_1000_prompts": round(compiled, 4),
-        "ratio_compiled_over_eager": round(compiled / at_1000["lora"], 3),
-        "lora_compile_seconds_with_its_timed_steps": round(compile_seconds, 1),
+    runs = [(spec, shots, method) for spec in REGISTRY.values() for shots in SHOTS for method in METHODS]
+    grid = sum(SEEDS * (500 * k * step(method, spec.classes) + evaluated / throughput) for spec, k, method in runs)
+    grid += evaluated / throughput  # each dataset's zero-shot run
+    report |= {
         "eval_images_per_second": round(throughput, 1),
         "evaluated_images_per_run": evaluated,
         "imagenet_16shot_run_minutes": {m: round(v / 60, 1) for m, v in imagenet_16.items()},
         "paper_grid_gpu_hours": round(grid / 3600, 1),
-        "paper_grid_runs": len(REGISTRY) * len(SHOTS) * SEEDS * len(METHODS),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+        "paper_grid_runs": len(runs) * SEEDS,
     }
-    print(json.dumps(report))
+    emit()
+    reference = step_seconds(device, many, max(4, args.steps // 10), ("cliplora",), projector, args.warmup)["cliplora"]
+    report["cliplora_reference_step_seconds_1000_prompts"] = round(reference, 4)
+    report["ratio_lora_over_cliplora"] = round(at_1000["lora"] / reference, 3)
+    emit()
+    start = time.perf_counter()
+    steps = step_seconds(device, many, max(4, args.steps // 4), ("lora+compile",), projector, args.warmup)
+    compiled = steps["lora+compile"]
+    report["lora_compiled_step_seconds_1000_prompts"] = round(compiled, 4)
+    report["ratio_compiled_over_eager"] = round(compiled / at_1000["lora"], 3)
+    report["lora_compile_seconds_with_its_timed_steps"] = round(time.perf_counter() - start, 1)
+    emit()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -354,7 +353,7 @@ def _run_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     settings = {key: getattr(args, key) for key in (*ADAPTER_KEYS, *TRAINING_KEYS)}
     adapter = adapter_config(args.method, settings)
-    settings = replace(finetune_settings(settings, args.iterations, args.template), compile=args.compile)
+    settings = finetune_settings(settings, args.iterations, args.template)
     spec = TrainSpec(
         dataset=_dataset_ref(args),
         few_shot_file=args.few_shot,
@@ -376,6 +375,7 @@ def _run_train(args: argparse.Namespace) -> None:
                 checkpoint_every=args.checkpoint_every,
                 stop=stop,
                 data=_data_settings(args),
+                compile_step=args.compile,
             )
     except JobStopped as stopped:
         checkpoint = args.out_dir / CHECKPOINT_FILE

@@ -171,6 +171,7 @@ def train_and_evaluate(
     checkpoint_every: int = 0,
     stop: StopSignals | None = None,
     data: DataSettings | None = None,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     """Few-shot training of ``spec.adapter`` on the k-shot split, then top-1 on the test split and zero-shot
     retention on every other dataset that has a zero-shot run. Writes ``adapter/``, ``curve.csv`` (the
@@ -257,6 +258,7 @@ def train_and_evaluate(
         seed=spec.seed,
         transform=transform,
         checkpointing=checkpointing,
+        compile_step=compile_step,
         stop=stop,
     )
 

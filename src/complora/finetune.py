@@ -8,7 +8,7 @@ CPU, ends exactly as an uninterrupted one.
 
 On CUDA a step does not wait for the GPU: crops and labels go through pinned memory with non-blocking
 copies, AdamW runs fused, and the loss stays on the device, read back only at the training curve's points
-(about a hundred per run) and at checkpoints. ``compile`` runs the towers through ``torch.compile``.
+(about a hundred per run) and at checkpoints. ``compile_step`` runs the towers through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, tower_autocast
 from .progress import progress_bar
 from .stopping import StopSignals
-from .text import encode_trimmed, shorten
+from .text import prompt_encoder
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ class FinetuneSettings:
     logit_scale: float = 100.0
     template: str = DEFAULT_TEMPLATE
     crop_scale: tuple[float, float] = (0.08, 1.0)
-    # Execution, not optimisation: the same steps through torch.compile's kernels.
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
@@ -147,6 +145,7 @@ def finetune(
     transform: EvalTransform,
     checkpointing: Checkpointing | None = None,
     stop: StopSignals | None = None,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     """Train the model's trainable parameters on the few-shot set; returns loss and timing figures.
     Crops are normalised with ``transform``'s mean and std (the backbone's own).
@@ -156,7 +155,10 @@ def finetune(
     saves a checkpoint after that step and raises :class:`JobStopped`.
 
     ``curve`` in the result: (step, mean loss over the steps since the previous point, learning rate) about a
-    hundred times per run (:func:`curve_interval`), kept in the checkpoint so a resumed run has all of it."""
+    hundred times per run (:func:`curve_interval`), kept in the checkpoint so a resumed run has all of it.
+
+    ``compile_step`` runs the towers and the loss through ``torch.compile``: an execution choice, not part
+    of the run's identity (it changes rounding, not the dropout masks, which stay torch's own)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
@@ -165,24 +167,26 @@ def finetune(
         parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=device.type == "cuda"
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations, settings.min_learning_rate)
-    tokens = shorten(model, tokenizer([settings.template.format(name) for name in classnames]).to(device))
+    prompts = tokenizer([settings.template.format(name) for name in classnames]).to(device)
+    encode_prompts = prompt_encoder(model, prompts)
     text_trainable = _text_tower_trainable(model)
     autocast = tower_autocast(device)
     mean, std = transform.normalization(device)
     if not text_trainable:
         with torch.no_grad(), autocast:
-            fixed_text = F.normalize(encode_trimmed(model, tokens).float(), dim=-1)
+            fixed_text = F.normalize(encode_prompts().float(), dim=-1)
 
     def step_loss(crops: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with autocast:
             image_features = model.encode_image(normalize(crops, mean, std))
-            text = encode_trimmed(model, tokens) if text_trainable else fixed_text
+            text = encode_prompts() if text_trainable else fixed_text
         # The towers under autocast, the classifier (logits and loss) in float32.
         image_features = F.normalize(image_features.float(), dim=-1)
         text = F.normalize(text.float(), dim=-1) if text_trainable else text
         return F.cross_entropy(settings.logit_scale * image_features @ text.T, targets)
 
-    forward = torch.compile(step_loss) if settings.compile else step_loss
+    # fallback_random: Inductor would otherwise draw the dropout masks from a generator of its own.
+    forward = torch.compile(step_loss, options={"fallback_random": True}) if compile_step else step_loss
 
     saved = checkpointing.load() if checkpointing else None
     loop = _restore(checkpointing, saved, model, optimizer, schedule, generator, device) if saved else _LoopState()

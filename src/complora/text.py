@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.transformer import text_global_pool
 from torch import nn
+
+from .adapters.layer import LoraMultiheadAttention
 
 # Verdicts per mask buffer (by identity, in-place changes included): checking its values costs a device
 # synchronisation, once per buffer rather than once per step.
@@ -85,7 +88,7 @@ def _causal_hint(
     causal = model.attn_mask
     if not _is_standard_causal(causal):
         return None
-    # open_clip passes the buffer itself or, from encode_trimmed, a leading square slice of it; anything else
+    # open_clip passes the buffer itself or, from prompt_encoder, a leading square slice of it; anything else
     # (a copy made by a dtype cast, another mask) keeps the mask path.
     leading_block = mask._base is causal and mask.storage_offset() == 0 and mask.stride() == causal.stride()
     if (mask is causal or leading_block) and mask.shape[0] == mask.shape[1]:
@@ -102,30 +105,39 @@ def use_causal_kernels(model: nn.Module) -> None:
     hint = functools.partial(_causal_hint, weakref.ref(model))
     for block in model.transformer.resblocks:
         attention = block.attn
-        if not getattr(attention, _HOOKED_ATTRIBUTE, False):
+        # open_clip's own Attention (qk-norm blocks) takes no is_causal.
+        supported = isinstance(attention, (nn.MultiheadAttention, LoraMultiheadAttention))
+        if supported and not getattr(attention, _HOOKED_ATTRIBUTE, False):
             setattr(attention, _HOOKED_ATTRIBUTE, True)
             attention.register_forward_pre_hook(hint, with_kwargs=True)
 
 
-def encode_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text`` on tokens already cut by :func:`shorten` (unnormalised features)."""
-    if not shortenable(model) or tokens.shape[1] == model.attn_mask.shape[0]:
-        use_causal_kernels(model)
-        return model.encode_text(tokens)
+def prompt_encoder(model: nn.Module, tokens: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A function encoding ``tokens`` again and again (a training run's class prompts): shortened, checked and
+    hooked once here, so each call is the forward pass alone (nothing for ``torch.compile`` to trip on but the
+    hooks' identity checks)."""
+    short = shorten(model, tokens)
     use_causal_kernels(model)
-    length = tokens.shape[1]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-    return x
+    if not shortenable(model) or short.shape[1] == model.attn_mask.shape[0]:
+        return lambda: model.encode_text(short)
+    length = short.shape[1]
+    mask = model.attn_mask[:length, :length]
+    eos_token_id = getattr(model, "text_eos_id", None)
+
+    def encode() -> torch.Tensor:
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(short).to(cast_dtype)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.ln_final(model.transformer(x, attn_mask=mask))
+        x = text_global_pool(x, short, model.text_pool_type, eos_token_id=eos_token_id)
+        if model.text_projection is None:
+            return x
+        return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+
+    return encode
 
 
 def encode_text(model: nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """``model.encode_text(tokens, normalize)`` on the shortest exact context."""
-    features = encode_trimmed(model, shorten(model, tokens))
+    features = prompt_encoder(model, tokens)()
     return F.normalize(features, dim=-1) if normalize else features
