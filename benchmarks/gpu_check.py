@@ -12,7 +12,9 @@ has everything).
   of the model side; the evaluation cache's reads come on top (benchmarks/README.md, eval_scale.py).
 - Extrapolation: CLIP-LoRA's protocol, 500 x shots iterations, then the run's own test split and the ten
   retention test splits (133,696 images in all; shared/reference/datasets.md), for every dataset x shots
-  x seed x {LoRA, Comp-LoRA} of config/paper.yaml, plus each dataset's zero-shot evaluation.
+  x seed x {LoRA, Comp-LoRA} of config/paper.yaml, plus each dataset's zero-shot evaluation. Lower bounds:
+  the GPU's side only, without reading the evaluation caches, cutting the training crops (ImageNet 16-shot
+  decodes its originals per batch), the Comp-LoRA ablation's 96 jobs or the feature store.
 """
 
 from __future__ import annotations
@@ -122,8 +124,8 @@ def main() -> None:
     report |= {
         "eval_images_per_second": round(throughput, 1),
         "evaluated_images_per_run": evaluated,
-        "imagenet_16shot_run_minutes": {m: round(v / 60, 1) for m, v in imagenet_16.items()},
-        "paper_grid_gpu_hours": round(grid / 3600, 1),
+        "imagenet_16shot_run_minutes_lower_bound": {m: round(v / 60, 1) for m, v in imagenet_16.items()},
+        "paper_grid_gpu_hours_lower_bound": round(grid / 3600, 1),
         "paper_grid_runs": len(runs) * SEEDS,
     }
     emit()
@@ -132,11 +134,15 @@ def main() -> None:
     report["ratio_lora_over_cliplora"] = round(at_1000["lora"] / reference, 3)
     emit()
     start = time.perf_counter()
-    steps = step_seconds(device, many, max(4, args.steps // 4), ("lora+compile",), projector, args.warmup)
-    compiled = steps["lora+compile"]
-    report["lora_compiled_step_seconds_1000_prompts"] = round(compiled, 4)
-    report["ratio_compiled_over_eager"] = round(compiled / at_1000["lora"], 3)
-    report["lora_compile_seconds_with_its_timed_steps"] = round(time.perf_counter() - start, 1)
+    try:
+        steps = step_seconds(device, many, max(4, args.steps // 4), ("lora+compile",), projector, args.warmup)
+    except Exception as error:  # Inductor or Triton failing on this machine is a finding, not a crash
+        report["compile_error"] = repr(error)[:500]
+    else:
+        compiled = steps["lora+compile"]
+        report["lora_compiled_step_seconds_1000_prompts"] = round(compiled, 4)
+        report["ratio_compiled_over_eager"] = round(compiled / at_1000["lora"], 3)
+        report["lora_compile_seconds_with_its_timed_steps"] = round(time.perf_counter() - start, 1)
     emit()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import open_clip
@@ -123,6 +124,7 @@ def test_the_causal_hint_reaches_attention_only_for_the_towers_mask(monkeypatch)
     seen: list[bool] = []
     original = LoraMultiheadAttention.forward
 
+    @functools.wraps(original)  # keeps the signature that says the layer takes is_causal
     def spy(self, *args, **kwargs):
         seen.append(bool(kwargs.get("is_causal")))
         return original(self, *args, **kwargs)

@@ -47,8 +47,8 @@ An entry of `hyperparameters` named after a family configures that family. Any o
 ```yaml
 methods: [zeroshot, lora, complora, complora_k8]
 hyperparameters:
-  complora: {{iterations_per_shot: 40}}
-  complora_k8: {{family: complora, k: 8}}      # 40 iterations per shot, k = 8
+  complora: {{iterations_per_shot: 20}}
+  complora_k8: {{family: complora, k: 8}}      # 20 iterations per shot, k = 8
   taskres_a1: {{family: taskres, alpha: 1.0}}  # declared, but runs only if listed in methods
 ```
 

@@ -281,6 +281,7 @@ def train_and_evaluate(
     zero_shot = references[dataset.name]["accuracy"]
     metrics = {
         **common_record(spec.backbone, base_sha256, chosen),
+        "compiled_step": compile_step,
         "dataset": dataset.name,
         "method": spec.method,
         "family": spec.adapter.method,

@@ -14,6 +14,7 @@ causal one, a text tower other than ``CLIP``'s own) runs through ``model.encode_
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +24,6 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.transformer import text_global_pool
 from torch import nn
-
-from .adapters.layer import LoraMultiheadAttention
 
 # Verdicts per mask buffer (by identity, in-place changes included): checking its values costs a device
 # synchronisation, once per buffer rather than once per step.
@@ -105,10 +104,13 @@ def use_causal_kernels(model: nn.Module) -> None:
     hint = functools.partial(_causal_hint, weakref.ref(model))
     for block in model.transformer.resblocks:
         attention = block.attn
-        # open_clip's own Attention (qk-norm blocks) takes no is_causal.
-        supported = isinstance(attention, (nn.MultiheadAttention, LoraMultiheadAttention))
-        if supported and not getattr(attention, _HOOKED_ATTRIBUTE, False):
-            setattr(attention, _HOOKED_ATTRIBUTE, True)
+        if getattr(attention, _HOOKED_ATTRIBUTE, False):
+            continue
+        # nn.MultiheadAttention and complora's adapter layer take is_causal, open_clip's own Attention (qk-norm
+        # blocks) does not. Asked of the signature: importing the adapters here would make every change to them
+        # a change of the code that encodes text (the pretraining's and feature stores' fingerprints).
+        setattr(attention, _HOOKED_ATTRIBUTE, True)
+        if "is_causal" in inspect.signature(type(attention).forward).parameters:
             attention.register_forward_pre_hook(hint, with_kwargs=True)
 
 
