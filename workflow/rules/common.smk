@@ -15,6 +15,7 @@ from complora.errors import ComploraError
 from complora.methods.families import ADAPTER, FEATURE, store_views, views_needed
 from complora.methods.registry import study_methods
 from complora.runrequest import (
+    REQUESTS_DIR,
     answered_path,
     digest,
     read_json,
@@ -312,7 +313,7 @@ def run_request(dataset, method, shots, seed):
 
 # Artifacts answer requests too: each job copies its request beside what it made when it succeeds.
 def artifact_request(rule_name, key, request):
-    return f"resources/requests/{rule_name}/{key}.json", {"rule": rule_name, **request}
+    return f"{REQUESTS_DIR}/{rule_name}/{key}.json", {"rule": rule_name, **request}
 
 
 def world_job():
@@ -341,9 +342,13 @@ def dataset_job(dataset):
     return path, request, answered_path(f"resources/data/{dataset}", directory=True)
 
 
+def data_job(dataset):
+    """The job that made a dataset's folder: the demo world's, for a demo task."""
+    return world_job() if is_demo(dataset) else dataset_job(dataset)
+
+
 def data_digest(dataset):
-    """The digest of the request that made a dataset's folder (the demo world's, for a demo task)."""
-    return digest((world_job() if is_demo(dataset) else dataset_job(dataset))[1])
+    return digest(data_job(dataset)[1])
 
 
 def split_job(dataset, shots, seed):
@@ -386,16 +391,12 @@ def aggregate_job():
     return (*artifact_request("aggregate", "results", request), "results/tables/aggregate.request.json")
 
 
-def data_answered(dataset):
-    return (world_job() if is_demo(dataset) else dataset_job(dataset))[2]
-
-
 def upstream_records(dataset=None, splits=(), caches=(), zero_shot=(), projector=False, features=False):
     """The records (``*.request.json``) of the artifacts a job reads: its inputs' time, where the artifacts
     themselves are ancient, so that Snakemake redoes the job after the artifact's job in one run."""
     records = [model_job()[2]]
     if dataset is not None:
-        records.append(data_answered(dataset))
+        records.append(data_job(dataset)[2])
     records += [split_job(dataset, k, s)[2] for k, s in splits]
     records += [eval_cache_job(d)[2] for d in caches] if EVAL_CACHE else []
     records += [zero_shot_answered(d) for d in zero_shot]

@@ -4,7 +4,7 @@
 rule few_shot_split:
     input:
         data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
-        record=lambda wildcards: data_answered(wildcards.dataset),
+        record=lambda wildcards: data_job(wildcards.dataset)[2],
         request=lambda wildcards: artifact_request_file(split_job(wildcards.dataset, wildcards.shots, wildcards.seed)),
     output:
         split="resources/splits/{dataset}/shots{shots}_seed{seed}.json",
