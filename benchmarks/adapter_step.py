@@ -21,6 +21,7 @@ on one line); benchmarks/README.md has the last figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -113,10 +114,6 @@ def random_model(device: torch.device, architecture: str = "ViT-B-16") -> nn.Mod
     return load_clip(architecture, "none", seed=0).to(device)
 
 
-def random_vit_b16(device: torch.device) -> nn.Module:
-    return random_model(device)
-
-
 def make_model(variant: str, device: torch.device, projector=None, architecture: str = "ViT-B-16") -> nn.Module:
     model = random_model(device, architecture)
     method = variant.removesuffix("+compile")
@@ -138,17 +135,14 @@ def make_step(model: nn.Module, variant: str, images: torch.Tensor, tokens: torc
     )
     autocast = tower_autocast(device)
     if variant.startswith("cliplora"):
-        encode_text = model.encode_text
+        encode_prompts = functools.partial(model.encode_text, tokens)
     else:
         encode_prompts = prompt_encoder(model, tokens)
-
-        def encode_text(_: torch.Tensor) -> torch.Tensor:
-            return encode_prompts()
 
     def loss_of_step() -> torch.Tensor:
         with autocast:
             image_features = model.encode_image(images)
-            text_features = encode_text(tokens)
+            text_features = encode_prompts()
         logits = 100 * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
         return F.cross_entropy(logits, labels)
 
@@ -164,15 +158,18 @@ def make_step(model: nn.Module, variant: str, images: torch.Tensor, tokens: torc
     return step
 
 
-def timed(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Seconds per step over ``repeats`` consecutive steps (on CUDA: between two synchronisations)."""
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Seconds per step over ``repeats`` consecutive steps (on CUDA: between two synchronisations)."""
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / repeats
 
 

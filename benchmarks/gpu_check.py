@@ -27,7 +27,7 @@ import numpy as np
 import open_clip
 import torch
 
-from adapter_step import make_model, make_step, prompts, random_vit_b16, timed
+from adapter_step import make_model, make_step, prompts, random_model, timed
 from complora.adapters import AdapterConfig
 from complora.data.images import EvalTransform
 from complora.data.registry import load_registry
@@ -62,24 +62,15 @@ def step_seconds(
     return totals
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def eval_images_per_second(device: torch.device, count: int) -> float:
-    model = random_vit_b16(device).eval()
+    model = random_model(device).eval()
     transform = EvalTransform.for_model(model)
     pixels = np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
     test = TestSplit("synthetic", torch.zeros(count, dtype=torch.long), ["c"] * 1000, ArrayPixels(pixels))
     classifier = torch.nn.functional.normalize(torch.randn(1000, 512, device=device), dim=-1)
     top1_accuracies(model, TestSplit("warm-up", test.labels[:256], test.classnames, ArrayPixels(pixels[:256])),
                     [classifier], transform)  # fmt: skip
-    synchronize(device)
-    start = time.perf_counter()
-    top1_accuracies(model, test, [classifier], transform)
-    synchronize(device)
-    return count / (time.perf_counter() - start)
+    return count / timed(lambda: top1_accuracies(model, test, [classifier], transform), device, 1)
 
 
 def main() -> None:
@@ -92,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     many, few = args.prompts
-    projector = build_projector(random_vit_b16(device), AdapterConfig(method="complora", k=32))
+    projector = build_projector(random_model(device), AdapterConfig(method="complora", k=32))
 
     gpu = device.type == "cuda"
     report: dict = {"gpu": torch.cuda.get_device_name(device) if gpu else "none (smoke test)",
