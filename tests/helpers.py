@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from complora.adapters import adapter_layers
+from complora.adapters import AdapterConfig, adapter_layers, inject
 from complora.data.images import EvalTransform
 from complora.data.training import TrainingImages
 
@@ -64,3 +64,27 @@ def train_steps(model: nn.Module, images: torch.Tensor, texts: torch.Tensor, ste
         losses.append(loss.detach())
     model.eval()
     return losses
+
+
+def dominant_channel_images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes (red, green, blue) of uint8 32x32 images told apart by their dominant colour channel."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 60, (3 * per_class, 32, 32, 3), generator=generator, dtype=torch.uint8)
+    labels = torch.arange(3).repeat(per_class)
+    for index, label in enumerate(labels):
+        images[index, ..., label] += 180
+    return images, labels
+
+
+def adapted_tiny(make_tiny, towers=("vision", "text"), device: str | torch.device = "cpu") -> nn.Module:
+    """A tiny CLIP on ``device`` with Comp-LoRA (k = 4) on ``towers``, its A drawn from seed 0."""
+    model = make_tiny().to(device)
+    torch.manual_seed(0)  # inject draws A from torch's global generator, as PEFT does
+    inject(model, AdapterConfig(method="complora", k=4, towers=list(towers)))
+    return model
+
+
+def adapter_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of every adapter A and B, on the CPU."""
+    layers = [layer for _, layer in adapter_layers(model)]
+    return [p.detach().cpu().clone() for layer in layers for p in [*layer.lora_A.values(), *layer.lora_B.values()]]

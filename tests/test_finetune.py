@@ -13,33 +13,22 @@ import open_clip
 import pytest
 import torch
 
-from complora.adapters import AdapterConfig, adapter_layers, inject
+from complora.adapters import adapter_layers
 from complora.checkpoint import Checkpointing
 from complora.data.splits import sample_few_shot
 from complora.data.training import TrainingImages
 from complora.finetune import FinetuneSettings, curve_interval, finetune
 from complora.stopping import JobStopped, StopSignals
-from helpers import TRANSFORM_32, image_set
+from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set
 
 
 @pytest.fixture
 def problem(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[TrainingImages, list[str]]:
     """Three classes of 32x32 images told apart by their dominant colour channel, four shots each
     (``TrainingImages`` options by indirect parametrisation)."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 60, (12, 32, 32, 3), generator=generator, dtype=torch.uint8)
-    labels = torch.arange(3).repeat(4)
-    for index, label in enumerate(labels):
-        images[index, ..., label] += 180
+    images, labels = dominant_channel_images(per_class=4)
     options = getattr(request, "param", {})
     return image_set(tmp_path / "images", images, labels, **options), ["red", "green", "blue"]
-
-
-def _adapted(make_tiny, towers=("vision", "text")):
-    model = make_tiny()
-    torch.manual_seed(0)  # inject draws A from torch's global generator, as PEFT does
-    inject(model, AdapterConfig(method="complora", k=4, towers=list(towers)))
-    return model
 
 
 def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny, problem):
@@ -48,7 +37,7 @@ def test_finetune_fits_the_few_shot_set_and_is_deterministic(make_tiny, problem)
     settings = FinetuneSettings(iterations=40, batch_size=8, learning_rate=5e-3)
     runs = []
     for _ in range(2):
-        model = _adapted(make_tiny)
+        model = adapted_tiny(make_tiny)
         runs.append((finetune(model, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32), model))
     (first, model_a), (second, model_b) = runs
     assert first["final_loss"] == second["final_loss"]
@@ -63,7 +52,7 @@ def test_the_training_curve_has_about_a_hundred_points_with_the_schedules_rates(
     images, names = problem
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=201, batch_size=4, learning_rate=5e-3, min_learning_rate=1e-5)
-    figures = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
+    figures = finetune(adapted_tiny(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
     steps, losses, rates = zip(*figures["curve"], strict=True)
     assert steps == (*range(2, 201, 2), 201), "every curve_interval(201) = 2 steps, and the last one"
     assert rates[0] == pytest.approx(5e-3, rel=1e-3) and rates[-1] == pytest.approx(1e-5, rel=0.05)
@@ -78,16 +67,11 @@ def test_frozen_text_tower_is_encoded_once(make_tiny, problem):
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     calls = {"text": 0}
     for towers, expected in ((("vision",), 1), (("vision", "text"), 5)):
-        model = _adapted(make_tiny, towers)
+        model = adapted_tiny(make_tiny, towers)
         calls["text"] = 0
         model.transformer.register_forward_hook(lambda *_: calls.__setitem__("text", calls["text"] + 1))
         finetune(model, tokenizer, images, names, FinetuneSettings(iterations=5, batch_size=4), transform=TRANSFORM_32)
         assert calls["text"] == expected
-
-
-def _adapter_weights(model) -> list[torch.Tensor]:
-    layers = [layer for _, layer in adapter_layers(model)]
-    return [p.detach().clone() for layer in layers for p in [*layer.lora_A.values(), *layer.lora_B.values()]]
 
 
 def _sigterm_on_call(module: torch.nn.Module, call: int) -> None:
@@ -111,11 +95,11 @@ def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
     assert images.in_memory == (request.node.callspec.id == "in-memory")
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=12, batch_size=4, learning_rate=5e-3)
-    whole = _adapted(make_tiny)
+    whole = adapted_tiny(make_tiny)
     expected = finetune(whole, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
 
     checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="run-a")
-    stopped = _adapted(make_tiny)
+    stopped = adapted_tiny(make_tiny)
     _sigterm_on_call(stopped.visual, 7)
     with StopSignals() as stop, pytest.raises(JobStopped, match=r"signal 15 \(SIGTERM\) at training step 7 of 12"):
         finetune(
@@ -131,12 +115,12 @@ def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
         )
     assert torch.load(checkpointing.path, weights_only=True)["loop"]["step"] == 7, "saved after the step it hit"
 
-    resumed = _adapted(make_tiny)
+    resumed = adapted_tiny(make_tiny)
     figures = finetune(
         resumed, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32, checkpointing=checkpointing
     )
     assert figures["resumed_at_step"] == 7 and figures["final_loss"] == expected["final_loss"]
-    assert all(torch.equal(a, b) for a, b in zip(_adapter_weights(resumed), _adapter_weights(whole), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(adapter_weights(resumed), adapter_weights(whole), strict=True))
     assert figures["curve"] == expected["curve"], "the curve's points before the stop come from the checkpoint"
 
 
@@ -154,13 +138,13 @@ def test_a_damaged_or_foreign_checkpoint_is_not_resumed(content, make_tiny, prob
     settings = FinetuneSettings(iterations=6, batch_size=4, learning_rate=5e-3)
     path = tmp_path / "checkpoint.pt"
     if content is None:  # a checkpoint of another run (another identity) in the same folder
-        finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=1, transform=TRANSFORM_32,
+        finetune(adapted_tiny(make_tiny), tokenizer, images, names, settings, seed=1, transform=TRANSFORM_32,
                  checkpointing=Checkpointing(path, every=2, identity="other-run"))  # fmt: skip
     else:
         path.write_bytes(content)
-    expected = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
+    expected = finetune(adapted_tiny(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32)
     with caplog.at_level(logging.WARNING, logger="complora.checkpoint"):
-        figures = finetune(_adapted(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32,
+        figures = finetune(adapted_tiny(make_tiny), tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32,
                            checkpointing=Checkpointing(path, every=2, identity="this-run"))  # fmt: skip
     assert figures["resumed_at_step"] is None and figures["final_loss"] == expected["final_loss"]
     assert "training starts from step 0" in caplog.text
@@ -187,11 +171,11 @@ def test_a_compiled_step_trains_as_the_eager_one(make_tiny, problem):
     runs = []
     settings = FinetuneSettings(iterations=6, batch_size=4, learning_rate=5e-3)
     for compiled in (False, True):
-        model = _adapted(make_tiny)
+        model = adapted_tiny(make_tiny)
         figures = finetune(model, tokenizer, images, names, settings, seed=5, transform=TRANSFORM_32,
                            compile_step=compiled)  # fmt: skip
         runs.append((figures, model))
     (eager, eager_model), (compiled, compiled_model) = runs
     assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-4)
-    for a, b in zip(_adapter_weights(compiled_model), _adapter_weights(eager_model), strict=True):
+    for a, b in zip(adapter_weights(compiled_model), adapter_weights(eager_model), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # fused kernels round differently

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from complora.adapters import AdapterConfig, adapter_layers, inject
 from complora.checkpoint import Checkpointing
 from complora.data.evalcache import build_eval_cache
 from complora.data.testset import DatasetRef, open_test_split
@@ -24,7 +23,7 @@ from complora.errors import ComploraError
 from complora.evaluation import zero_shot_accuracies
 from complora.finetune import FinetuneSettings, finetune
 from complora.stopping import JobStopped, StopSignals
-from helpers import TRANSFORM_32, image_set
+from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,31 +33,14 @@ NAMES = ["red", "green", "blue"]
 
 
 @pytest.fixture
-def coloured(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """32x32 images of three classes told apart by their dominant colour channel, eight of each."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 60, (24, 32, 32, 3), generator=generator, dtype=torch.uint8)
-    labels = torch.arange(3).repeat(8)
-    for index, label in enumerate(labels):
-        images[index, ..., label] += 180
-    return images, labels
-
-
-def _adapted(make_tiny, device: torch.device):
-    model = make_tiny().to(device)
-    torch.manual_seed(0)
-    inject(model, AdapterConfig(method="complora", k=4))
-    return model
-
-
-def _weights(model) -> list[torch.Tensor]:
-    return [p.detach().float().cpu() for _, layer in adapter_layers(model) for p in layer.lora_B.values()]
+def coloured() -> tuple[torch.Tensor, torch.Tensor]:
+    return dominant_channel_images(per_class=8)
 
 
 def test_a_training_step_runs_the_towers_in_bf16_and_learns(make_tiny, coloured, tmp_path: Path):
     device = select_device("cuda")
     images = image_set(tmp_path / "images", *coloured)
-    model = _adapted(make_tiny, device)
+    model = adapted_tiny(make_tiny, device=device)
     dtypes = []
     model.visual.register_forward_hook(lambda _module, _args, output: dtypes.append(output.dtype))
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
@@ -77,11 +59,11 @@ def test_a_resumed_gpu_run_restores_the_cuda_generator_and_ends_at_the_same_weig
     images = image_set(tmp_path / "images", *coloured)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     settings = FinetuneSettings(iterations=12, batch_size=4, learning_rate=5e-3)
-    whole = _adapted(make_tiny, device)
+    whole = adapted_tiny(make_tiny, device=device)
     expected = finetune(whole, tokenizer, images, NAMES, settings, seed=5, transform=TRANSFORM_32)
 
     checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="gpu-run")
-    stopped = _adapted(make_tiny, device)
+    stopped = adapted_tiny(make_tiny, device=device)
     calls = {"n": 0}
 
     def sigterm_in_step_seven(*_):
@@ -96,13 +78,13 @@ def test_a_resumed_gpu_run_restores_the_cuda_generator_and_ends_at_the_same_weig
     saved = torch.load(checkpointing.path, weights_only=True)
     assert saved["loop"]["step"] == 7 and saved["cuda_rng"] is not None
 
-    resumed = _adapted(make_tiny, device)
+    resumed = adapted_tiny(make_tiny, device=device)
     figures = finetune(resumed, tokenizer, images, NAMES, settings, seed=5, transform=TRANSFORM_32,
                        checkpointing=checkpointing)  # fmt: skip
     assert figures["resumed_at_step"] == 7
     # Dropout masks after the resume come from the restored CUDA generator: other masks would move the
     # weights far more than the kernels' rounding differences.
-    for a, b in zip(_weights(resumed), _weights(whole), strict=True):
+    for a, b in zip(adapter_weights(resumed), adapter_weights(whole), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert [step for step, _, _ in figures["curve"]] == [step for step, _, _ in expected["curve"]]
 
