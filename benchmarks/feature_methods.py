@@ -25,7 +25,7 @@ from complora.demo.tasks import TASKS
 from complora.features.store import build_store
 from complora.fitting import FitSpec, fit_and_evaluate
 from complora.methods.families import FEATURE, store_views, views_needed
-from complora.methods.registry import feature_settings, study_methods
+from complora.methods.registry import family_settings, study_methods
 from complora.runrecord import Backbone, load_backbone
 
 
@@ -69,7 +69,7 @@ def main() -> None:
                     dataset=ref,
                     name=method.name,
                     family=method.family,
-                    settings=feature_settings(method.family, method.settings),
+                    settings=family_settings(method.family, method.settings),
                     backbone=backbone,
                     features=store,
                     few_shot_files=splits,

@@ -27,8 +27,9 @@ from complora.fingerprint import weights_sha256
 from complora.fitting import FitSpec, fit_and_evaluate
 from complora.methods import clip_adapter, lp_pp, taskres, tip_adapter
 from complora.methods.families import AUGMENTATIONS, FAMILIES, FEATURE, store_views, views_needed
-from complora.methods.feature import FeatureTask, dassl_learning_rate, text_weights
-from complora.methods.registry import feature_settings, implementation, study_methods
+from complora.methods.feature import FeatureTask, text_weights
+from complora.methods.registry import family_settings, implementation, study_methods
+from complora.schedules import dassl_learning_rate
 from complora.tensorfile import save_tensors
 from test_experiment import save_random_weights
 
@@ -72,7 +73,7 @@ def zero_shot_predictions(task: FeatureTask, features: torch.Tensor) -> torch.Te
 
 
 def fit(family: str, task: FeatureTask, **settings):
-    return implementation(family).fit(family, task, feature_settings(family, {**QUICK.get(family, {}), **settings}))
+    return implementation(family).fit(family, task, family_settings(family, {**QUICK.get(family, {}), **settings}))
 
 
 def test_schema_defaults_are_each_familys_official_values():
@@ -230,7 +231,7 @@ def fit_spec(store: dict, family: str, features: Path | None = None, **settings)
         dataset=store["dataset"],
         name=family,
         family=family,
-        settings=feature_settings(family, {**QUICK.get(family, {}), **settings}),
+        settings=family_settings(family, {**QUICK.get(family, {}), **settings}),
         backbone=store["backbone"],
         features=features or store["root"] / "features",
         few_shot_files=store["splits"],

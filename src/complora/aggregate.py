@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .atomic import atomic_path
+from .results.base_to_new import base_to_new_markdown, base_to_new_summary
 from .results.comparisons import DEFAULT_LEVEL, comparisons
 from .results.plots import (
     accuracy_by_dataset,
@@ -29,6 +30,7 @@ from .results.plots import (
 from .results.runs import ZERO_SHOT, read_runs, retention_long, runs_table
 from .results.summary import averages, summary_markdown
 from .results.tables import (
+    AVERAGE,
     accuracy_summary,
     accuracy_table,
     csv,
@@ -42,6 +44,10 @@ from .results.tables import (
 )
 
 DEFAULT_REFERENCE = "lora"
+
+
+def _number(value: float) -> float | None:
+    return None if pd.isna(value) else value
 
 
 def headline(averaged: pd.DataFrame, zero_shot: float | None, compared: pd.DataFrame) -> dict[str, Any]:
@@ -126,6 +132,25 @@ def aggregate(
         # Not key-sorted: shots stay in numeric order for `dvc metrics show`.
         out / "metrics.json": json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n",
     }
+    if (runs["protocol"] == "base_to_new").any():
+        split_classes = base_to_new_summary(runs)
+        md["base_to_new"] = base_to_new_markdown(split_classes)
+        figures["base_to_new"] = {
+            row.method: {
+                f"shots{row.shots}": {"base": row.base, "new": _number(row.new), "h": _number(row.harmonic_mean)}
+            }
+            for row in split_classes[split_classes["dataset"] == AVERAGE].itertuples(index=False)
+        }
+        files[out / "metrics.json"] = json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n"
+        files[tables / "base_to_new.csv"] = csv(split_classes)
+        files[tables / "base_to_new.md"] = md["base_to_new"]
+        files[tables / "base_to_new.html"] = html(
+            split_classes.assign(
+                method=[label(m, f) for m, f in zip(split_classes["method"], split_classes["family"], strict=True)]
+            ),
+            "Base-to-new: base and new classes' top-1 (%) and their harmonic mean",
+            "Per dataset: means over seeds, H of the means. Average: means over the datasets, H of those.",
+        )
     curves = training_curves(read_curves(runs), datasets, palette)
     if curves is not None:
         files[plots / "training_curves.png"] = curves

@@ -168,12 +168,19 @@ def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, required=True, help="training images per class")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="k-shot split file to write (JSON)")
+    _add_protocol_argument(parser, "base_to_new: draw from the base classes only")
+
+
+def _add_protocol_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    from .data.base_to_new import ALL, PROTOCOLS
+
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=ALL, help=f"{what} (default {ALL})")
 
 
 def _run_split(args: argparse.Namespace) -> None:
     from .data.splits import few_shot_split, write_few_shot_split
 
-    split = few_shot_split(args.split_file, args.dataset, args.shots, args.seed)
+    split = few_shot_split(args.split_file, args.dataset, args.shots, args.seed, args.protocol)
     write_few_shot_split(split, args.out)
     print(f"wrote {args.out}: {len(split['train'])} train, {len(split['val'])} val items", file=sys.stderr)
 
@@ -234,6 +241,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
     _add_request_argument(parser)
+    _add_protocol_argument(parser, "base_to_new: the base and the new classes' accuracies and their harmonic mean")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -249,6 +257,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         coop_templates=args.coop_template,
         data=_data_settings(args),
         request=_read_request(args.request),
+        protocol=args.protocol,
     )
 
 
@@ -344,10 +353,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .checkpoint import CHECKPOINT_FILE
     from .experiment import Backbone, TrainSpec, train_and_evaluate
     from .methods.lora import ADAPTER_KEYS, TRAINING_KEYS, adapter_config, finetune_settings
-    from .stopping import StopSignals
 
     _check_seed(args.seed)
     _set_threads(args.threads)
@@ -366,22 +373,95 @@ def _run_train(args: argparse.Namespace) -> None:
         projector=args.projector,
         request=_read_request(args.request),
     )
+    _run_stoppable(
+        args.out_dir,
+        lambda stop: train_and_evaluate(
+            spec,
+            args.out_dir,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            stop=stop,
+            data=_data_settings(args),
+            compile_step=args.compile,
+        ),
+    )
+
+
+def _run_stoppable(out_dir: Path, run: Callable) -> None:
+    """A training job under SIGTERM / SIGINT handling: a stop says how the rerun goes on."""
+    from .checkpoint import CHECKPOINT_FILE
+    from .stopping import StopSignals
+
     try:
         with StopSignals() as stop:
-            train_and_evaluate(
-                spec,
-                args.out_dir,
-                device=args.device,
-                checkpoint_every=args.checkpoint_every,
-                stop=stop,
-                data=_data_settings(args),
-                compile_step=args.compile,
-            )
+            run(stop)
     except JobStopped as stopped:
-        checkpoint = args.out_dir / CHECKPOINT_FILE
+        checkpoint = out_dir / CHECKPOINT_FILE
         then = f"resume from {checkpoint}" if checkpoint.is_file() else "start again"
         detail = f"{stopped.detail}; no metrics written: rerun the same command to {then}"
         raise JobStopped(stopped.signum, detail) from None
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data.training import DEFAULT_MEMORY_LIMIT_MIB
+    from .evaluation import DEFAULT_TEMPLATE
+    from .methods.families import FAMILIES, PROMPT
+
+    _add_dataset_and_backbone_arguments(parser)
+    _add_data_arguments(parser)
+    parser.add_argument("--train-memory-mib", type=float, default=DEFAULT_MEMORY_LIMIT_MIB, help="as for train")
+    parser.add_argument("--few-shot", type=Path, required=True, help="k-shot split file (from `complora split`)")
+    parser.add_argument("--seed", type=int, required=True, help="seeds the context init, batches and crops")
+    parser.add_argument("--family", required=True, choices=[f for f, spec in FAMILIES.items() if spec.kind == PROMPT])
+    parser.add_argument("--name", help="the method's name in the study (default: the family)")
+    parser.add_argument("--settings", default="{}", help="the family's hyperparameters as JSON (default: official)")
+    parser.add_argument("--zero-shot", type=Path, required=True, help="the dataset's zero-shot metrics.json")
+    parser.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help="the study's prompt (the zero-shot run's; KgCoOp's hand-crafted)"
+    )
+    parser.add_argument("--out-dir", type=Path, required=True, help="run folder: prompt.safetensors, metrics.json")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="as for train (0: no checkpoints)")
+    _add_request_argument(parser)
+
+
+def _family_settings_argument(family: str, text: str) -> dict:
+    from .methods.registry import family_settings
+
+    try:
+        given = json.loads(text)
+        return family_settings(family, given if isinstance(given, dict) else {"": given})
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ComploraError(f"--settings: {error}") from None
+
+
+def _run_prompt(args: argparse.Namespace) -> None:
+    from .experiment import Backbone, PromptSpec, learn_prompts_and_evaluate
+
+    _check_seed(args.seed)
+    _set_threads(args.threads)
+    spec = PromptSpec(
+        dataset=_dataset_ref(args),
+        few_shot_file=args.few_shot,
+        backbone=Backbone(args.model, args.pretrained),
+        family=args.family,
+        settings=_family_settings_argument(args.family, args.settings),
+        seed=args.seed,
+        zero_shot_run=args.zero_shot,
+        name=args.name or args.family,
+        template=args.template,
+        request=_read_request(args.request),
+    )
+    _run_stoppable(
+        args.out_dir,
+        lambda stop: learn_prompts_and_evaluate(
+            spec,
+            args.out_dir,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            stop=stop,
+            data=_data_settings(args),
+        ),
+    )
 
 
 def _add_features_arguments(parser: argparse.ArgumentParser) -> None:
@@ -471,15 +551,10 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_fit(args: argparse.Namespace) -> None:
     from .data.testset import DatasetRef
     from .fitting import FitSpec, fit_and_evaluate
-    from .methods.registry import feature_settings
     from .runrecord import Backbone
 
     _set_threads(args.threads)
-    try:
-        given = json.loads(args.settings)
-        settings = feature_settings(args.family, given if isinstance(given, dict) else {"": given})
-    except (json.JSONDecodeError, ValueError) as error:
-        raise ComploraError(f"--settings: {error}") from None
+    settings = _family_settings_argument(args.family, args.settings)
     spec = FitSpec(
         dataset=DatasetRef(args.dataset, args.data, args.split_file),
         name=args.name or args.family,
@@ -680,6 +755,12 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "few-shot LoRA / Comp-LoRA training, then test top-1 and zero-shot retention (writes metrics.json)",
         _add_train_arguments,
         _run_train,
+    ),
+    "prompt": (
+        "prompt learning (CoOp, KgCoOp, CoCoOp) on a k-shot split with both towers frozen, then test top-1 "
+        "(writes metrics.json)",
+        _add_prompt_arguments,
+        _run_prompt,
     ),
     "features": (
         "the feature store of a dataset: frozen-tower features of its test split, prompts and k-shot views",

@@ -27,10 +27,36 @@ DEFAULT_BATCH_SIZE = 256
 
 class Top1(NamedTuple):
     """Top-1 accuracy (%) and the sha256 of the predicted labels (int32, in test-split order): equal digests
-    mean the very same predictions, which is what a comparison of two evaluation paths needs."""
+    mean the very same predictions, which is what a comparison of two evaluation paths needs.
+
+    With class groups (the base-to-new protocol) each image is classified among its own group's classes and
+    ``groups`` holds each group's accuracy (%) over its images; ``accuracy`` is then over all of them."""
 
     accuracy: float
     predictions_sha256: str
+    groups: dict[str, float] | None = None
+
+
+# A classifier: (C, D) unit class weights, or a function from unit image features to (N, C) logits (a
+# classifier conditioned on each image, CoCoOp's).
+Classifier = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+def within_groups(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Predictions among the classes of each image's own group (``groups``: a group index per class)."""
+    other = groups.unsqueeze(0) != groups[labels].unsqueeze(1)
+    return logits.masked_fill(other, float("-inf")).argmax(dim=-1)
+
+
+def group_accuracies(predicted: torch.Tensor, labels: torch.Tensor, groups: Sequence[str]) -> dict[str, float]:
+    """Accuracy (%) over each group's images, the groups named per class in label order."""
+    names = list(dict.fromkeys(groups))
+    index = torch.tensor([names.index(group) for group in groups], device=labels.device)[labels]
+    correct = predicted == labels
+    return {
+        name: 100.0 * (correct[index == position].sum().cpu().float() / int((index == position).sum())).item()
+        for position, name in enumerate(names)
+    }
 
 
 def predictions_sha256(predictions: Sequence[int] | torch.Tensor) -> str:
@@ -62,16 +88,21 @@ def text_classifier(
 def top1_accuracies(
     model: nn.Module,
     test: TestSplit,
-    classifiers: Sequence[torch.Tensor],
+    classifiers: Sequence[Classifier],
     transform: EvalTransform,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    class_groups: Sequence[str] | None = None,
 ) -> list[Top1]:
-    """Top-1 of each classifier on the test split, in one pass over its images."""
+    """Top-1 of each classifier on the test split, in one pass over its images; with ``class_groups`` (a
+    group name per class) each image is classified among its group's classes (:class:`Top1`)."""
     device = next(model.parameters()).device
     labels = test.labels.to(device)
+    if class_groups is not None:
+        names = list(dict.fromkeys(class_groups))
+        group_of_class = torch.tensor([names.index(group) for group in class_groups], device=device)
     # Predictions stay on the device until the end: reading them back per batch would wait for the GPU.
     predictions: list[list[torch.Tensor]] = [[] for _ in classifiers]
-    classifiers = [classifier.to(device) for classifier in classifiers]
+    classifiers = [c.to(device) if isinstance(c, torch.Tensor) else c for c in classifiers]
     mean, std = transform.normalization(device)
     start = 0
     for array in test.pixels.batches(batch_size):
@@ -82,7 +113,11 @@ def top1_accuracies(
             encoded = model.encode_image(normalize(batch, mean, std))
         features = F.normalize(encoded.float(), dim=-1)
         for index, classifier in enumerate(classifiers):
-            predictions[index].append((features @ classifier.T).argmax(dim=-1))
+            logits = features @ classifier.T if isinstance(classifier, torch.Tensor) else classifier(features)
+            if class_groups is not None:
+                predictions[index].append(within_groups(logits, labels[start : start + len(array)], group_of_class))
+            else:
+                predictions[index].append(logits.argmax(dim=-1))
         start += len(array)
     if start != len(labels):
         raise RuntimeError(f"{test.name}: {start} images were evaluated for {len(labels)} labels")
@@ -92,7 +127,8 @@ def top1_accuracies(
     for predicted in predictions:
         predicted = torch.cat(predicted)
         correct = (predicted == labels).sum().cpu()
-        results.append(Top1(100.0 * (correct.float() / len(labels)).item(), predictions_sha256(predicted)))
+        groups = group_accuracies(predicted, labels, class_groups) if class_groups is not None else None
+        results.append(Top1(100.0 * (correct.float() / len(labels)).item(), predictions_sha256(predicted), groups))
     return results
 
 
@@ -103,12 +139,13 @@ def zero_shot_accuracies(
     templates: Sequence[str | Sequence[str]],
     transform: EvalTransform,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    class_groups: Sequence[str] | None = None,
 ) -> list[Top1]:
     """Zero-shot top-1 with each template (or prompt ensemble), in one pass over the images."""
     was_training = model.training
     model.eval()
     try:
         classifiers = [text_classifier(model, tokenizer, test.classnames, template) for template in templates]
-        return top1_accuracies(model, test, classifiers, transform, batch_size)
+        return top1_accuracies(model, test, classifiers, transform, batch_size, class_groups)
     finally:
         model.train(was_training)

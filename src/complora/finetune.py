@@ -1,10 +1,14 @@
-"""Few-shot fine-tuning of an adapted CLIP, CLIP-LoRA style (design.md, "Methods").
+"""Few-shot training on augmented crops: the loop (:func:`train_loop`) every tower-level method shares, and
+the fine-tuning of an adapted CLIP, CLIP-LoRA style (:func:`finetune`, design.md, "Methods").
 
-Cross-entropy over cosine logits (scale 100) between augmented images and the class prompts, AdamW with
-a cosine schedule, and the final iterate returned (no selection on test). Text features are recomputed
-every step only when the text tower has trainable parameters, on the prompts' exact short context
-(complora.text). With a checkpoint (complora.checkpoint) a killed run resumes where it stopped and, on a
-CPU, ends exactly as an uninterrupted one.
+The loop: batches, crops, optimiser and schedule (AdamW with a per-step cosine, CLIP-LoRA's; or SGD with
+Dassl's per-epoch schedule, the prompt learners'), the training curve, checkpoints, exact resume and stop
+signals; the final iterate returned (no selection on test). What it trains and the loss are the method's.
+
+Fine-tuning: cross-entropy over cosine logits (scale 100) between augmented images and the class prompts.
+Text features are recomputed every step only when the text tower has trainable parameters, on the prompts'
+exact short context (complora.text). With a checkpoint (complora.checkpoint) a killed run resumes where it
+stopped and, on a CPU, ends exactly as an uninterrupted one.
 
 On CUDA a step does not wait for the GPU: crops and labels go through pinned memory with non-blocking
 copies, AdamW runs fused, and the loss stays on the device, read back only at the training curve's points
@@ -30,15 +34,24 @@ from .data.training import TrainingImages
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, tower_autocast
 from .progress import progress_bar
+from .schedules import dassl_learning_rate
 from .stopping import StopSignals
 from .text import prompt_encoder
 
 log = logging.getLogger(__name__)
 
 
+ADAMW_COSINE, SGD_DASSL = "adamw_cosine", "sgd_dassl"
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """CLIP-LoRA's optimisation hyperparameters; ``iterations`` is 500 x shots in the paper."""
+    """The optimisation hyperparameters: CLIP-LoRA's by default (``iterations`` is 500 x shots in the paper).
+
+    ``optimizer`` ``adamw_cosine``: AdamW, cosine from ``learning_rate`` to ``min_learning_rate`` over the
+    steps. ``sgd_dassl`` (CoOp's code base): SGD with ``momentum`` and L2 ``weight_decay``, ``epoch_steps``
+    steps per epoch, the first epoch at ``warmup_learning_rate``, then a cosine over the epochs shifted by one
+    (complora.schedules); ``iterations`` is then a whole number of epochs."""
 
     iterations: int
     batch_size: int = 32
@@ -48,6 +61,10 @@ class FinetuneSettings:
     logit_scale: float = 100.0
     template: str = DEFAULT_TEMPLATE
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    optimizer: str = ADAMW_COSINE
+    momentum: float = 0.9
+    warmup_learning_rate: float = 1e-5
+    epoch_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
@@ -56,6 +73,36 @@ class FinetuneSettings:
             )
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ComploraError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.optimizer not in (ADAMW_COSINE, SGD_DASSL):
+            raise ComploraError(f"optimizer {self.optimizer!r}: expected {ADAMW_COSINE} or {SGD_DASSL}")
+        if self.epoch_steps < 1 or self.iterations % self.epoch_steps:
+            raise ComploraError(
+                f"iterations {self.iterations} must be a whole number of epochs of {self.epoch_steps} step(s)"
+            )
+
+    def optimizer_and_schedule(
+        self, parameters: list[nn.Parameter], device: torch.device
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        if self.optimizer == ADAMW_COSINE:
+            optimizer = torch.optim.AdamW(
+                parameters, lr=self.learning_rate, weight_decay=self.weight_decay, fused=device.type == "cuda"
+            )
+            return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, self.iterations, self.min_learning_rate
+            )
+        optimizer = torch.optim.SGD(
+            parameters, lr=self.learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        epochs, warmup = self.iterations // self.epoch_steps, self.warmup_learning_rate / self.learning_rate
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: dassl_learning_rate(step // self.epoch_steps, 1.0, epochs, warmup)
+        )
+
+
+def dassl_epoch_steps(images: int, batch_size: int) -> int:
+    """Steps per epoch as Dassl's loader gives them: the last partial batch dropped when there is a full one
+    (the loop's batches, :func:`train_loop`)."""
+    return max(1, images // batch_size)
 
 
 def curve_interval(iterations: int) -> int:
@@ -147,26 +194,10 @@ def finetune(
     stop: StopSignals | None = None,
     compile_step: bool = False,
 ) -> dict[str, Any]:
-    """Train the model's trainable parameters on the few-shot set; returns loss and timing figures.
-    Crops are normalised with ``transform``'s mean and std (the backbone's own).
-
-    With ``checkpointing`` the run resumes from the checkpoint it finds (if it is this run's) and saves one
-    every ``checkpointing.every`` steps and at the end; with ``stop``, a SIGTERM / SIGINT during a step
-    saves a checkpoint after that step and raises :class:`JobStopped`.
-
-    ``curve`` in the result: (step, mean loss over the steps since the previous point, learning rate) about a
-    hundred times per run (:func:`curve_interval`), kept in the checkpoint so a resumed run has all of it.
-
-    ``compile_step`` runs the towers and the loss through ``torch.compile``: an execution choice, not part
-    of the run's identity (it changes rounding, not the dropout masks, which stay torch's own)."""
+    """Train the model's trainable parameters (its adapters) on the few-shot set, the cross-entropy of the
+    cosine logits between the crops and the class prompts; returns loss and timing figures
+    (:func:`train_loop`). Crops are normalised with ``transform``'s mean and std (the backbone's own)."""
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout masks
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=device.type == "cuda"
-    )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations, settings.min_learning_rate)
     prompts = tokenizer([settings.template.format(name) for name in classnames]).to(device)
     encode_prompts = prompt_encoder(model, prompts)
     text_trainable = _text_tower_trainable(model)
@@ -185,11 +216,54 @@ def finetune(
         text = F.normalize(text.float(), dim=-1) if text_trainable else text
         return F.cross_entropy(settings.logit_scale * image_features @ text.T, targets)
 
+    return train_loop(
+        model,
+        step_loss,
+        images,
+        settings,
+        seed,
+        device=device,
+        checkpointing=checkpointing,
+        stop=stop,
+        compile_step=compile_step,
+    )
+
+
+def train_loop(
+    trainable: nn.Module,
+    step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: TrainingImages,
+    settings: FinetuneSettings,
+    seed: int = 0,
+    *,
+    device: torch.device,
+    checkpointing: Checkpointing | None = None,
+    stop: StopSignals | None = None,
+    compile_step: bool = False,
+) -> dict[str, Any]:
+    """Optimise the parameters of ``trainable`` that require gradients: each step draws a batch of the
+    few-shot images (a fresh permutation when too few are left: the last partial batch is dropped when there
+    is a full one), crops them, and steps on ``step_loss(crops, labels)`` (crops as uint8, on ``device``).
+
+    With ``checkpointing`` the run resumes from the checkpoint it finds (if it is this run's) and saves one
+    every ``checkpointing.every`` steps and at the end; with ``stop``, a SIGTERM / SIGINT during a step
+    saves a checkpoint after that step and raises :class:`JobStopped`.
+
+    ``curve`` in the result: (step, mean loss over the steps since the previous point, learning rate) about a
+    hundred times per run (:func:`curve_interval`), kept in the checkpoint so a resumed run has all of it.
+
+    ``compile_step`` runs ``step_loss`` through ``torch.compile``: an execution choice, not part of the run's
+    identity (it changes rounding, not the dropout masks, which stay torch's own)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    parameters = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer, schedule = settings.optimizer_and_schedule(parameters, device)
+
     # fallback_random: Inductor would otherwise draw the dropout masks from a generator of its own.
     forward = torch.compile(step_loss, options={"fallback_random": True}) if compile_step else step_loss
 
     saved = checkpointing.load() if checkpointing else None
-    loop = _restore(checkpointing, saved, model, optimizer, schedule, generator, device) if saved else _LoopState()
+    loop = _restore(checkpointing, saved, trainable, optimizer, schedule, generator, device) if saved else _LoopState()
     resumed_at = loop.step if saved else None
     if saved:
         log.info("resuming from %s at step %d of %d", checkpointing.path, loop.step, settings.iterations)
@@ -203,10 +277,10 @@ def finetune(
     def save() -> None:
         if checkpointing:
             read_back()
-            checkpointing.save(_snapshot(model, optimizer, schedule, generator, loop, device))
+            checkpointing.save(_snapshot(trainable, optimizer, schedule, generator, loop, device))
 
     every = curve_interval(settings.iterations)
-    model.train()
+    trainable.train()
     session_start = time.perf_counter()
     progress = progress_bar(total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False)
     with progress, stop.protected() if stop else nullcontext():
@@ -247,7 +321,7 @@ def finetune(
     if stop:
         kept = f", checkpoint saved at step {loop.step}" if checkpointing else ""
         stop.stop_if_requested(f" at training step {loop.step} of {settings.iterations}{kept}")
-    model.eval()
+    trainable.eval()
     return {
         "final_loss": loop.loss,
         "train_seconds": loop.train_seconds,

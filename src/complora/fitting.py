@@ -1,6 +1,10 @@
 """One feature-level method on one dataset: fitted on each k-shot split's stored features (complora.features),
 then classifying the stored test features. Each family (complora.methods) fits through the same code; its
 fit sees the k-shot split's train and val features and the prompts' text features, never the test split.
+
+Under the base-to-new protocol the fit sees the base classes' prompts only; the base classes' test images
+are classified among them, and the new classes' images among the new classes by the family's
+``new_classes`` classifier where it has one (none: no new-class accuracy).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Any
 import torch
 
 from .atomic import write_json
-from .data.splits import file_sha256, read_few_shot_split
+from .data.base_to_new import ALL, BASE, NEW, scores
+from .data.splits import file_sha256, read_few_shot_split, split_protocol
 from .data.testset import DatasetRef
 from .errors import ComploraError
 from .evaluation import DEFAULT_TEMPLATE, predictions_sha256
-from .features.store import FeatureStore, StoreKey
+from .features.store import FeatureStore, StoreKey, TestFeatures, TextFeatures
 from .methods.families import ENCODERS_UNCHANGED
 from .methods.feature import FeatureTask
 from .methods.registry import implementation
@@ -89,30 +94,35 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
                 f"k-shot split {path} has no training image of class(es) {missing}; every class needs one (the "
                 "dataset's train split lacks them: add images of those classes)"
             )
-        if text.classnames != split["classnames"]:
+        protocol = split_protocol(split)
+        if reference.get("protocol", ALL) != protocol:
+            raise ComploraError(
+                f"{spec.zero_shot_run} was evaluated under the {reference.get('protocol', ALL)} protocol and {path} "
+                f"was drawn under {protocol}; rerun `complora evaluate` with --protocol {protocol}"
+            )
+        base = split.get("base_classes", len(text.classnames))
+        if text.classnames[:base] != split["classnames"] or split.get("all_classes", base) != len(text.classnames):
             raise ComploraError(f"{spec.features}: the text features' classes are not those of {path}; rebuild them")
-        task = FeatureTask(
-            spec.dataset.name,
-            split["shots"],
-            split["seed"],
-            split["classnames"],
-            support,
-            text,
-            spec.template,
-            list(spec.coop_templates) or [spec.template],
-        )
+        task = _task(spec, split, support, text, 0, base)
         fit_start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(split["seed"])
             fitted = family.fit(spec.family, task, dict(spec.settings))
         fit_seconds = time.perf_counter() - fit_start
         eval_start = time.perf_counter()
-        classifier = fitted.classifier.eval()
-        with torch.no_grad():  # in batches: a Tip-Adapter cache on ImageNet is 16,000 keys per test image
-            predicted = torch.cat([classifier(batch).argmax(dim=-1) for batch in test.features.split(TEST_BATCH)])
-        correct = (predicted == test.labels).sum()
+        base_test = _classes_of(test, 0, base)
+        predicted = _predict(fitted.classifier.eval(), base_test)
+        correct = 100.0 * ((predicted == base_test.labels).sum().float() / len(base_test.labels)).item()
+        groups = {BASE: correct}
+        if base < len(text.classnames) and hasattr(family, "new_classes"):
+            new_test = _classes_of(test, base, len(text.classnames))
+            new_task = _task(spec, split, support, text, base, len(text.classnames))
+            new_predicted = _predict(family.new_classes(spec.family, fitted, new_task), new_test)
+            groups[NEW] = 100.0 * ((new_predicted == new_test.labels).sum().float() / len(new_test.labels)).item()
+            predicted = torch.cat([predicted, new_predicted + base])
         outcome = _Outcome(
-            accuracy=round(100.0 * (correct.float() / len(test.labels)).item(), 2),
+            scores=scores(protocol, correct, groups),
+            protocol=protocol,
             predicted=predicted,
             fit_seconds=fit_seconds,
             eval_seconds=time.perf_counter() - eval_start,
@@ -123,11 +133,33 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
     return results
 
 
+def _task(spec: FitSpec, split: dict[str, Any], support: Any, text: TextFeatures, first: int, stop: int) -> FeatureTask:
+    """The task of classes first .. stop - 1 (all of them, or the base or new ones under base-to-new)."""
+    classes = TextFeatures(text.templates, text.classnames[first:stop], text.features[:, first:stop])
+    coop = list(spec.coop_templates) or [spec.template]
+    return FeatureTask(
+        spec.dataset.name, split["shots"], split["seed"], classes.classnames, support, classes, spec.template, coop
+    )
+
+
+def _classes_of(test: TestFeatures, first: int, stop: int) -> TestFeatures:
+    """The test images of labels first .. stop - 1, labelled from 0."""
+    chosen = (test.labels >= first) & (test.labels < stop)
+    return TestFeatures(test.features[chosen], test.labels[chosen] - first)
+
+
+@torch.no_grad()
+def _predict(classifier: torch.nn.Module, test: TestFeatures) -> torch.Tensor:
+    # In batches: a Tip-Adapter cache on ImageNet is 16,000 keys per test image.
+    return torch.cat([classifier(batch).argmax(dim=-1) for batch in test.features.split(TEST_BATCH)])
+
+
 @dataclass(frozen=True)
 class _Outcome:
-    """What one cell measured."""
+    """What one cell measured (``predicted``: the base classes' images first under base-to-new)."""
 
-    accuracy: float
+    scores: dict[str, float | None]
+    protocol: str
     predicted: torch.Tensor
     fit_seconds: float
     eval_seconds: float
@@ -159,9 +191,11 @@ def _write_fit_run(
         "preprocessing_sha256": reference["config"]["preprocessing_sha256"],
         "template": spec.template,
         "coop_templates": list(spec.coop_templates),
+        "protocol": outcome.protocol,
     }
     save_tensors({name: t.detach() for name, t in fitted.classifier.state_dict().items()}, out_dir / CLASSIFIER_FILE)
     zero_shot = reference["accuracy"]
+    accuracy = outcome.scores["accuracy"]
     metrics = {
         **common_record(spec.backbone, base_sha256, torch.device("cpu")),
         "dataset": spec.dataset.name,
@@ -169,9 +203,10 @@ def _write_fit_run(
         "family": spec.family,
         "shots": split["shots"],
         "seed": split["seed"],
-        "accuracy": outcome.accuracy,
+        "protocol": outcome.protocol,
+        **outcome.scores,
         "zero_shot_accuracy": zero_shot,
-        "gain": round(outcome.accuracy - zero_shot, 2),
+        "gain": round(accuracy - zero_shot, 2),
         "test_size": len(outcome.predicted),
         "classes": len(split["classnames"]),
         "template": spec.template,
@@ -201,7 +236,7 @@ def _write_fit_run(
         spec.name,
         split["shots"],
         split["seed"],
-        outcome.accuracy,
+        accuracy,
         zero_shot,
     )
     return metrics

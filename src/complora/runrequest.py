@@ -28,7 +28,7 @@ from .data.splits import file_sha256
 from .errors import ComploraError
 
 REQUESTS_DIR = "resources/requests"
-RUNS_DIR = "results/runs"
+RESULTS_DIR = "results"
 # The time of what answers its request: older than anything made, so Snakemake's time comparison leaves
 # it alone (1, not 0: Snakemake skips the comparison when a job's oldest output has time 0).
 ANSWERED = 1
@@ -36,9 +36,10 @@ ANSWERED = 1
 
 def request_path(metrics: str | os.PathLike[str]) -> str:
     """The request of the run whose metrics file is ``metrics``: results/runs/<run>/metrics.json →
-    resources/requests/<run>.json."""
-    relative = Path(metrics).relative_to(RUNS_DIR).parent
-    return f"{REQUESTS_DIR}/{relative}.json"
+    resources/requests/<run>.json (results/<study>/runs/<run>/metrics.json → resources/requests/<study>/<run>.json)."""
+    parts = list(Path(metrics).relative_to(RESULTS_DIR).parent.parts)
+    parts.remove("runs")
+    return f"{REQUESTS_DIR}/{Path(*parts)}.json"
 
 
 def canonical(request: dict[str, Any]) -> str:

@@ -118,25 +118,44 @@ def prompt_encoder(model: nn.Module, tokens: torch.Tensor) -> Callable[[], torch
     """A function encoding ``tokens`` again and again (a training run's class prompts): shortened, checked and
     hooked once here, so each call is the forward pass alone (nothing for ``torch.compile`` to trip on but the
     hooks' identity checks)."""
+    if not shortenable(model) or shorten(model, tokens).shape[1] == model.attn_mask.shape[0]:
+        short = shorten(model, tokens)
+        use_causal_kernels(model)
+        return lambda: model.encode_text(short)
+    short, encode = embedding_encoder(model, tokens)
+    return lambda: encode(model.token_embedding(short))
+
+
+EmbeddingEncoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def embedding_encoder(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, EmbeddingEncoder]:
+    """For prompts whose token embeddings are edited before the tower (learned context vectors): ``tokens``
+    cut to the exact short context, and a function from their (R * P, L, width) embeddings, the P prompts
+    repeated R times, to (R * P, D) features, as ``encode_text`` computes them from the token embeddings.
+
+    A tower that cannot be shortened runs at its full context; a text tower other than ``CLIP``'s own is
+    refused (its input is not token embeddings)."""
+    if not isinstance(model, CLIP):
+        raise TypeError(f"prompt learning needs open_clip's CLIP text tower, not {type(model).__name__}")
     short = shorten(model, tokens)
     use_causal_kernels(model)
-    if not shortenable(model) or short.shape[1] == model.attn_mask.shape[0]:
-        return lambda: model.encode_text(short)
     length = short.shape[1]
-    mask = model.attn_mask[:length, :length]
+    # The buffer itself at full length, else a leading square slice: both keep the causal hint.
+    mask = model.attn_mask if length == model.attn_mask.shape[0] else model.attn_mask[:length, :length]
     eos_token_id = getattr(model, "text_eos_id", None)
 
-    def encode() -> torch.Tensor:
+    def encode(embeddings: torch.Tensor) -> torch.Tensor:
         cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(short).to(cast_dtype)
-        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = embeddings.to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         x = model.ln_final(model.transformer(x, attn_mask=mask))
-        x = text_global_pool(x, short, model.text_pool_type, eos_token_id=eos_token_id)
+        pooled = short.repeat(x.shape[0] // short.shape[0], 1)
+        x = text_global_pool(x, pooled, model.text_pool_type, eos_token_id=eos_token_id)
         if model.text_projection is None:
             return x
         return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
 
-    return encode
+    return short, encode
 
 
 def encode_text(model: nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -12,7 +12,7 @@ from complora.data.imagelibs import library_versions
 from complora.data.registry import load_registry
 from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
-from complora.methods.families import ADAPTER, FEATURE, store_views, views_needed
+from complora.methods.families import ADAPTER, FEATURE, PROMPT, store_views, views_needed
 from complora.methods.registry import study_methods
 from complora.runrequest import (
     REQUESTS_DIR,
@@ -46,6 +46,7 @@ CODE = {
     "eval_cache": source_fingerprint("complora.data.evalcache", "complora.models"),
     "projector": source_fingerprint("complora.subspace"),
     "evaluate": source_fingerprint("complora.experiment", "complora.methods.lora"),
+    "prompt": source_fingerprint("complora.experiment", "complora.methods.prompt_learning"),
     "features": source_fingerprint("complora.features.store"),
     "aggregate": source_fingerprint("complora.aggregate"),
 }
@@ -55,12 +56,19 @@ ZERO_SHOT = "zeroshot"
 METHODS = study_methods(config)
 ADAPTER_METHODS = [name for name, method in METHODS.items() if method.kind == ADAPTER]
 FEATURE_METHODS = [name for name, method in METHODS.items() if method.kind == FEATURE]
-TRAINED_METHODS = ADAPTER_METHODS + FEATURE_METHODS
+PROMPT_METHODS = [name for name, method in METHODS.items() if method.kind == PROMPT]
+TRAINED_METHODS = ADAPTER_METHODS + FEATURE_METHODS + PROMPT_METHODS
 # Editing a family's module reruns that family's jobs only.
 FIT_CODE = {
     name: source_fingerprint("complora.fitting", f"complora.methods.{METHODS[name].spec.module}")
     for name in FEATURE_METHODS
 }
+# The protocol (complora.data.base_to_new): a base-to-new study keeps its k-shot splits, feature stores and
+# results apart from the all-class study's, so both live in one checkout (and in dvc.yaml).
+PROTOCOL = config["protocol"]
+BASE_TO_NEW = PROTOCOL == "base_to_new"
+RESULTS = "results/base_to_new" if BASE_TO_NEW else "results"
+STUDY_RESOURCES = "resources/base_to_new" if BASE_TO_NEW else "resources"
 DATASETS = config["datasets"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
@@ -146,7 +154,7 @@ def eval_cache_flag(dataset):
 
 
 def zero_shot_metrics(dataset):
-    return f"results/runs/{dataset}/{ZERO_SHOT}/metrics.json"
+    return f"{RESULTS}/runs/{dataset}/{ZERO_SHOT}/metrics.json"
 
 
 def zero_shot_answered(dataset):
@@ -155,11 +163,11 @@ def zero_shot_answered(dataset):
 
 
 def split_path(dataset, shots, seed):
-    return f"resources/splits/{dataset}/shots{shots}_seed{seed}.json"
+    return f"{STUDY_RESOURCES}/splits/{dataset}/shots{shots}_seed{seed}.json"
 
 
 def run_dir(dataset, method, shots, seed):
-    return f"results/runs/{dataset}/{method}/shots{shots}/seed{seed}"
+    return f"{RESULTS}/runs/{dataset}/{method}/shots{shots}/seed{seed}"
 
 
 def method_datasets(method):
@@ -202,13 +210,27 @@ def train_inputs(wildcards):
     return inputs
 
 
+def prompt_inputs(wildcards):
+    """A prompt-learning run's inputs: its dataset's alone (the towers stay the pretrained ones: no retention)."""
+    split = [(wildcards.shots, wildcards.seed)]
+    return {
+        "data": ancient(dataset_dir(wildcards.dataset)),
+        "model": ancient(MODEL_DIR),
+        "split": ancient(split_path(wildcards.dataset, wildcards.shots, wildcards.seed)),
+        "zero_shot": ancient(zero_shot_metrics(wildcards.dataset)),
+        "eval_caches": [ancient(path) for path in eval_caches([wildcards.dataset])],
+        "request": run_request_file(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed),
+        "records": upstream_records(wildcards.dataset, split, [wildcards.dataset], [wildcards.dataset]),
+    }
+
+
 def few_shot_splits(dataset):
     return [split_path(dataset, shots, seed) for shots in SHOTS for seed in SEEDS]
 
 
 def features_dir(dataset):
     """A dataset's feature store: frozen-tower features for every feature-level method and seed."""
-    return f"resources/features/{dataset}/{BACKBONE_ID}"
+    return f"{STUDY_RESOURCES}/features/{dataset}/{BACKBONE_ID}"
 
 
 def feature_files(dataset):
@@ -227,7 +249,7 @@ STORE_VIEWS = store_views([views_needed(METHODS[name].family, METHODS[name].sett
 FEATURE_DATASETS = sorted({dataset for name in FEATURE_METHODS for dataset in method_datasets(name)})
 if not FEATURE_DATASETS:
     # dvc.yaml declares the store's folder whatever the config, and DVC refuses an output that is missing.
-    Path("resources/features").mkdir(parents=True, exist_ok=True)
+    Path(f"{STUDY_RESOURCES}/features").mkdir(parents=True, exist_ok=True)
 COMPLORA_METHODS = [method for method in METHODS.values() if method.family == "complora"]
 # The projector holds the bases of every matrix any Comp-LoRA method adapts, up to k = 64 or the largest k
 # asked for: a variant with k <= 64 leaves it, and every other Comp-LoRA run, alone.
@@ -282,7 +304,7 @@ def evaluation_inputs(datasets):
 
 
 def zero_shot_request(dataset):
-    return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"],
+    return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"], "protocol": PROTOCOL,
             "coop_templates": benchmark_templates(dataset), "backbone": BACKBONE_REQUEST,
             "device": device_flag(ZERO_SHOT_GPUS), "code": CODE["evaluate"],
             "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]),
@@ -296,7 +318,11 @@ def run_request(dataset, method, shots, seed):
     request = {"dataset": dataset, "method": method, "family": spec.family, "shots": shots, "seed": seed,
                "hyperparameters": spec.settings, "template": config["prompt_template"],
                "backbone": BACKBONE_REQUEST}  # fmt: skip
-    if spec.kind == ADAPTER:
+    if spec.kind == PROMPT:
+        inputs["zero_shot"] = digest(zero_shot_request(dataset))
+        inputs |= evaluation_inputs([dataset])
+        request |= {"device": device_flag(TRAINING_GPUS), "code": CODE["prompt"]}
+    elif spec.kind == ADAPTER:
         references = [dataset, *retention_datasets(dataset)]
         inputs["zero_shot"] = {name: digest(zero_shot_request(name)) for name in references}
         inputs |= evaluation_inputs(references)
@@ -351,10 +377,15 @@ def data_digest(dataset):
     return digest(data_job(dataset)[1])
 
 
+def split_key():
+    """The requests' key prefix of the artifacts made per protocol (k-shot splits, feature stores)."""
+    return "base_to_new/" if BASE_TO_NEW else ""
+
+
 def split_job(dataset, shots, seed):
-    request = {"code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset),
+    request = {"code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset), "protocol": PROTOCOL,
                "inputs": {"data": data_digest(dataset)}}  # fmt: skip
-    path, request = artifact_request("few_shot_split", f"{dataset}/shots{shots}_seed{seed}", request)
+    path, request = artifact_request("few_shot_split", f"{split_key()}{dataset}/shots{shots}_seed{seed}", request)
     return path, request, answered_path(split_path(dataset, shots, seed), directory=False)
 
 
@@ -379,7 +410,7 @@ def features_job(dataset):
                "device": device_flag(ZERO_SHOT_GPUS),
                "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]), "splits": splits,
                           **evaluation_inputs([dataset])}}  # fmt: skip
-    path, request = artifact_request("features", f"{dataset}/{BACKBONE_ID}", request)
+    path, request = artifact_request("features", f"{split_key()}{dataset}/{BACKBONE_ID}", request)
     return path, request, answered_path(features_dir(dataset), directory=True)
 
 
@@ -388,7 +419,7 @@ def aggregate_job():
     table = config["reference_table"]
     request = {"code": CODE["aggregate"], "runs": digest({"metrics": TABLE_METRICS}),
                "comparisons": config["comparisons"], "reference_table": sha256_if_present(table) if table else None}  # fmt: skip
-    return (*artifact_request("aggregate", "results", request), "results/tables/aggregate.request.json")
+    return (*artifact_request("aggregate", RESULTS, request), f"{RESULTS}/tables/aggregate.request.json")
 
 
 def upstream_records(dataset=None, splits=(), caches=(), zero_shot=(), projector=False, features=False):

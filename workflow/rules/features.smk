@@ -37,7 +37,7 @@ rule features:
     conda:
         "../envs/complora.yaml"
     log:
-        "logs/features/{dataset}.log",
+        f"logs/{split_key()}features/{{dataset}}.log",
     shell:
         "complora features --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} {params.eval_cache} {params.few_shot}"
@@ -62,7 +62,7 @@ rule fit:
             run_request_file(wildcards.dataset, wildcards.method, k, s) for k in SHOTS for s in SEEDS
         ],
     output:
-        expand("results/runs/{{dataset}}/{{method}}/shots{shots}/seed{seed}/metrics.json", shots=SHOTS, seed=SEEDS),
+        expand(f"{RESULTS}/runs/{{{{dataset}}}}/{{{{method}}}}/shots{{shots}}/seed{{seed}}/metrics.json", shots=SHOTS, seed=SEEDS),
     params:
         code=lambda wildcards: FIT_CODE[wildcards.method],
         family=lambda wildcards: METHODS[wildcards.method].family,
@@ -75,13 +75,13 @@ rule fit:
         template=config["prompt_template"],
         coop=lambda wildcards: " ".join(f"--coop-template {shlex.quote(t)}" for t in coop_templates(wildcards.dataset)),
         features=lambda wildcards: features_dir(wildcards.dataset),
-        out_root=lambda wildcards: f"results/runs/{wildcards.dataset}/{wildcards.method}",
+        out_root=lambda wildcards: f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.method}",
         requests=lambda wildcards, input: " ".join(f"--request {path}" for path in input.requests),
     threads: 1
     conda:
         "../envs/complora.yaml"
     log:
-        "results/runs/{dataset}/{method}/fit.log",
+        f"{RESULTS}/runs/{{dataset}}/{{method}}/fit.log",
     shell:
         "complora fit --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --family {params.family} --name {wildcards.method} --settings {params.settings:q}"

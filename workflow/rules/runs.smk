@@ -1,4 +1,5 @@
-# The study's cells: zero-shot evaluation per dataset, and one train+eval job per (dataset, method, shots, seed).
+# The study's cells: zero-shot evaluation per dataset, and one train+eval job per (dataset, method, shots, seed)
+# for the adapter and the prompt-learning methods.
 
 
 rule zero_shot:
@@ -21,6 +22,7 @@ rule zero_shot:
         coop=lambda wildcards: coop_template_flags(wildcards.dataset),
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(ZERO_SHOT_GPUS),
+        protocol=PROTOCOL,
     threads: 1
     resources:
         gpu=ZERO_SHOT_GPUS,
@@ -30,13 +32,13 @@ rule zero_shot:
     conda:
         "../envs/complora.yaml"
     log:
-        "results/runs/{dataset}/zeroshot/evaluate.log",
+        f"{RESULTS}/runs/{{dataset}}/zeroshot/evaluate.log",
     shell:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
         " {params.coop} {params.eval_cache} --eval-batch-size {resources.eval_batch_size} {params.device}"
-        " --threads {threads} --request {input.request} --out {output.metrics} > {log} 2>&1"
-        " && cp {input.request} {output.answered}"
+        " --threads {threads} --protocol {params.protocol} --request {input.request} --out {output.metrics}"
+        " > {log} 2>&1 && cp {input.request} {output.answered}"
 
 
 rule train:
@@ -45,9 +47,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/metrics.json",
-        adapter=directory("results/runs/{dataset}/{method}/shots{shots}/seed{seed}/adapter"),
-        curve="results/runs/{dataset}/{method}/shots{shots}/seed{seed}/curve.csv",
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/metrics.json",
+        adapter=directory(f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/adapter"),
+        curve=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/curve.csv",
     params:
         code=CODE["evaluate"],
         model=BACKBONE,
@@ -79,7 +81,7 @@ rule train:
     conda:
         "../envs/complora.yaml"
     log:
-        "results/runs/{dataset}/{method}/shots{shots}/seed{seed}/train.log",
+        f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/train.log",
     shell:
         "complora train --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --few-shot {input.split} --seed {wildcards.seed} --method {params.family} --name {wildcards.method}"
@@ -88,4 +90,46 @@ rule train:
         " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"
         " --train-memory-mib {resources.train_memory_mib}"
         " {params.device} {params.compile} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
+        " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule prompt:
+    wildcard_constraints:
+        method=name_pattern(PROMPT_METHODS),
+    input:
+        unpack(prompt_inputs),
+    output:
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/metrics.json",
+        prompt=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/prompt.safetensors",
+        curve=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/curve.csv",
+    params:
+        code=CODE["prompt"],
+        model=BACKBONE,
+        checkpoint=CHECKPOINT,
+        root=lambda wildcards: dataset_root(wildcards.dataset),
+        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        family=lambda wildcards: METHODS[wildcards.method].family,
+        settings=lambda wildcards: json.dumps(METHODS[wildcards.method].settings, sort_keys=True),
+        template=config["prompt_template"],
+        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
+        device=device_flag(TRAINING_GPUS),
+    threads: 1
+    resources:
+        gpu=TRAINING_GPUS,
+        # Runtime settings, as for the train rule.
+        checkpoint_every=100,
+        eval_batch_size=256,
+        train_memory_mib=2048,
+    conda:
+        "../envs/complora.yaml"
+    log:
+        f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/prompt.log",
+    shell:
+        "complora prompt --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
+        " --few-shot {input.split} --seed {wildcards.seed} --family {params.family} --name {wildcards.method}"
+        " --settings {params.settings:q} --model {params.model} --pretrained {params.checkpoint}"
+        " --zero-shot {input.zero_shot} --template {params.template:q} {params.eval_cache}"
+        " --eval-batch-size {resources.eval_batch_size} --train-memory-mib {resources.train_memory_mib}"
+        " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
         " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"

@@ -7,16 +7,17 @@ rule few_shot_split:
         record=lambda wildcards: data_job(wildcards.dataset)[2],
         request=lambda wildcards: artifact_request_file(split_job(wildcards.dataset, wildcards.shots, wildcards.seed)),
     output:
-        split="resources/splits/{dataset}/shots{shots}_seed{seed}.json",
-        answered="resources/splits/{dataset}/shots{shots}_seed{seed}.request.json",
+        split=split_path("{dataset}", "{shots}", "{seed}"),
+        answered=answered_path(split_path("{dataset}", "{shots}", "{seed}"), directory=False),
     params:
         code=CODE["few_shot_split"],
         split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        protocol=PROTOCOL,
     conda:
         "../envs/complora.yaml"
     log:
-        "logs/splits/{dataset}/shots{shots}_seed{seed}.log",
+        f"logs/{split_key()}splits/{{dataset}}/shots{{shots}}_seed{{seed}}.log",
     shell:
         "complora split --split-file {params.split_file} --dataset {wildcards.dataset}"
-        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output.split}"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --protocol {params.protocol} --out {output.split}"
         " > {log} 2>&1 && cp {input.request} {output.answered}"

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import ComploraError
+from .base_to_new import ALL, BASE_TO_NEW, PROTOCOLS, base_classes
 
 SPLITS = ("train", "val", "test")
 Entry = tuple[str, int, str]
@@ -79,9 +80,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def few_shot_split(split_file: str | os.PathLike[str], dataset: str, shots: int, seed: int) -> dict[str, Any]:
+def few_shot_split(
+    split_file: str | os.PathLike[str], dataset: str, shots: int, seed: int, protocol: str = ALL
+) -> dict[str, Any]:
     """The k-shot split of ``split_file``: one generator seeded with ``seed`` draws ``shots`` train items per
-    class, then ``min(shots, 4)`` val items per class. Paths stay relative to the dataset's image folder."""
+    class, then ``min(shots, 4)`` val items per class. Paths stay relative to the dataset's image folder.
+
+    Under the base-to-new protocol (complora.data.base_to_new) only the base classes are drawn from and
+    named; the file records the protocol and the base-class count (an all-class split's bytes are as before)."""
+    if protocol not in PROTOCOLS:
+        raise ComploraError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     if shots < 1:
         raise ComploraError(f"shots must be 1 or more, got {shots}")
     if seed < 0:
@@ -90,20 +98,43 @@ def few_shot_split(split_file: str | os.PathLike[str], dataset: str, shots: int,
     for split in ("train", "val"):
         if not splits[split]:
             raise ComploraError(f"split file {split_file}: the {split!r} list is empty; k-shot sampling needs it")
+    names = classnames(splits["test"])
+    extra: dict[str, Any] = {}
+    if protocol == BASE_TO_NEW:
+        count = _base_count(split_file, len(names))
+        extra = {"protocol": BASE_TO_NEW, "base_classes": count, "all_classes": len(names)}
+        names = names[:count]
+        splits = {split: [entry for entry in entries if entry[1] < count] for split, entries in splits.items()}
     rng = np.random.default_rng(seed)
     train = _draw(splits["train"], shots, rng)
     val = _draw(splits["val"], min(shots, MAX_VAL_SHOTS), rng)
     return {
+        **extra,
         "format": FEW_SHOT_FORMAT,
         "format_version": 1,
         "dataset": dataset,
         "shots": shots,
         "seed": seed,
         "source_split": {"file": Path(split_file).name, "sha256": file_sha256(split_file)},
-        "classnames": classnames(splits["test"]),
+        "classnames": names,
         "train": [list(entry) for entry in train],
         "val": [list(entry) for entry in val],
     }
+
+
+def _base_count(split_file: str | os.PathLike[str], classes: int) -> int:
+    try:
+        return base_classes(classes)
+    except ValueError:
+        raise ComploraError(
+            f"split file {split_file}: {classes} class(es); base-to-new splits the classes in two and needs at "
+            "least 2 (set protocol: all)"
+        ) from None
+
+
+def split_protocol(split: dict[str, Any]) -> str:
+    """The protocol a k-shot split was drawn for."""
+    return split.get("protocol", ALL)
 
 
 def write_few_shot_split(split: dict[str, Any], out: str | os.PathLike[str]) -> None:

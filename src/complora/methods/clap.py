@@ -44,6 +44,12 @@ class Prototypes(nn.Module):
         return cosine_logits(features, self.prototypes, self.scale)
 
 
+def new_classes(family: str, fitted: Fitted, task: FeatureTask) -> nn.Module:
+    """Prototypes are trained for the base classes only: the new classes keep their zero-shot prototypes."""
+    text = text_weights(task.text, task.prompts(fitted.settings["prompts"], "coop"), "raw")
+    return Prototypes(text, fitted.classifier.scale)
+
+
 def class_confidence(model: Prototypes, features: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
     """lambda_k: the zero-shot softmax probability of class k, averaged over the views labelled k."""
     with torch.no_grad():

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feature import FeatureTask, Fitted, coop_epochs, seeded_init, text_weights, train_on_views
+from ..schedules import coop_epochs
+from .feature import FeatureTask, Fitted, seeded_init, text_weights, train_on_views
 
 # The official values (the config schema holds the same defaults; a test keeps the two equal).
 DEFAULTS = {
@@ -48,6 +49,15 @@ class ClipAdapter(nn.Module):
         adapted = F.relu(self.up(F.relu(self.down(features))))
         blended = self.ratio * adapted + (1 - self.ratio) * features
         return self.scale * F.normalize(blended, dim=-1) @ self.text.T
+
+
+def new_classes(family: str, fitted: Fitted, task: FeatureTask) -> nn.Module:
+    """The trained image-feature adapter, classified against the new classes' prompts."""
+    model = fitted.classifier
+    text = text_weights(task.text, task.prompts(fitted.settings["prompts"], "coop"), "normalized")
+    adapter = ClipAdapter(text, fitted.settings["reduction"], model.ratio, model.scale)
+    adapter.load_state_dict({**model.state_dict(), "text": text})
+    return adapter.eval()
 
 
 def fit(family: str, task: FeatureTask, settings: dict[str, Any]) -> Fitted:

@@ -5,14 +5,16 @@ of the k-shot images it reads from the feature store.
 - ``zeroshot``: the pretrained model with a text classifier (the ``zero_shot`` rule, one job per dataset);
 - ``adapter``: trains adapters in both towers (the ``train`` rule, one job per dataset x shots x seed);
 - ``feature``: fits a classifier on frozen-tower features from the feature store (the ``fit`` rule, one job per
-  dataset covering every shot and seed: a process start costs more than most fits).
+  dataset covering every shot and seed: a process start costs more than most fits);
+- ``prompt``: learns context vectors in front of the class names, both towers frozen (the ``prompt`` rule, one
+  job per dataset x shots x seed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ZERO_SHOT, ADAPTER, FEATURE = "zeroshot", "adapter", "feature"
+ZERO_SHOT, ADAPTER, FEATURE, PROMPT = "zeroshot", "adapter", "feature", "prompt"
 # The retention of a method whose towers stay the pretrained ones (every feature-level family): their
 # zero-shot accuracy elsewhere is the pretrained model's by construction, so there is nothing to re-measure.
 ENCODERS_UNCHANGED = "encoders unchanged"
@@ -46,6 +48,10 @@ FAMILIES: dict[str, Family] = {
         Family("lp_pp", FEATURE, "lp_pp", "LP++", {"tip": ("views",)}),
         Family("zs_lp", FEATURE, "clap", "ZS-LP", {"dassl": ("views",)}),
         Family("clap", FEATURE, "clap", "CLAP", {"dassl": ("views",)}),
+        Family("coop4", PROMPT, "prompt_learning", "CoOp (4)"),
+        Family("coop16", PROMPT, "prompt_learning", "CoOp (16)"),
+        Family("kgcoop", PROMPT, "prompt_learning", "KgCoOp"),
+        Family("cocoop", PROMPT, "prompt_learning", "CoCoOp"),
     )
 }
 # The method names of CLIP-LoRA's Table 3 (reference/cliplora_table3_vitb16.csv) for the families it lists.
@@ -55,6 +61,10 @@ PUBLISHED_NAMES = {
     "TIP-Adapter-F": "tip_adapter_f",
     "CLIP-Adapter": "clip_adapter",
     "TaskRes": "taskres",
+    "CoOp (4)": "coop4",
+    "CoOp (16)": "coop16",
+    "KgCoOp": "kgcoop",
+    "CoCoOp": "cocoop",
 }
 
 

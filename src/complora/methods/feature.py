@@ -1,15 +1,17 @@
 """The interface of feature-level methods: a family fits a classifier on a k-shot split's frozen-tower
 features (and may use its validation features), and the classifier maps raw test image features to logits.
 
-``fit`` never sees the test split: the orchestration (complora.experiment) reads the test features only
-after the classifier is fitted. Shared pieces of the official protocols live here: zero-shot text weights
-by either ensembling rule, Dassl's epoch schedule (a constant warm-up epoch, then a cosine shifted by one
-epoch), its batching, and CoOp's epochs per shot.
+``fit`` never sees the test split: the orchestration (complora.fitting) reads the test features only after
+the classifier is fitted. Under the base-to-new protocol a family whose classifier can name classes it was
+not fitted on has ``new_classes(family, fitted, task)``: the classifier of ``task``'s (new) classes.
+
+Shared pieces of the official protocols live here: zero-shot text weights by either ensembling rule,
+Dassl's epoch schedule (a constant warm-up epoch, then a cosine shifted by one epoch, complora.schedules)
+and its batching.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features.store import SupportFeatures, TextFeatures
-
-IMAGENET = "ImageNet"
+from ..schedules import dassl_learning_rate
 
 
 @dataclass(frozen=True)
@@ -73,21 +74,6 @@ def text_weights(text: TextFeatures, templates: list[str], rule: str) -> torch.T
 
 def cosine_logits(features: torch.Tensor, weights: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).T
-
-
-def coop_epochs(dataset: str, shots: int) -> int:
-    """CoOp's epochs per shot: 50 / 100 / 100 / 200 / 200 for 1 / 2 / 4 / 8 / 16 shots, ImageNet 50 always."""
-    if dataset == IMAGENET or shots <= 1:
-        return 50
-    return 100 if shots <= 4 else 200
-
-
-def dassl_learning_rate(epoch: int, base: float, epochs: int, warmup: float) -> float:
-    """Dassl's cosine with a constant warm-up epoch: epoch 0 at ``warmup``, epoch e >= 1 at
-    base * (1 + cos(pi (e - 1) / epochs)) / 2."""
-    if epoch == 0:
-        return warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:

@@ -135,7 +135,7 @@ def implementation(family: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.{FAMILIES[family].module}")
 
 
-def feature_settings(family: str, settings: dict[str, Any]) -> dict[str, Any]:
+def family_settings(family: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A feature-level family's settings: its official defaults with ``settings`` over them; unknown keys
     are refused by name."""
     defaults = implementation(family).DEFAULTS[family]
@@ -166,7 +166,7 @@ __all__ = [
     "ZERO_SHOT",
     "Method",
     "declare_methods",
-    "feature_settings",
+    "family_settings",
     "implementation",
     "study_methods",
 ]

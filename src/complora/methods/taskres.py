@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .feature import IMAGENET, FeatureTask, Fitted, cosine_logits, text_weights, train_on_views
+from ..schedules import IMAGENET
+from .feature import FeatureTask, Fitted, cosine_logits, text_weights, train_on_views
 
 # The official values (the config schema holds the same defaults; a test keeps the two equal).
 DEFAULTS = {
@@ -43,6 +44,12 @@ class TaskResidual(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.base + self.alpha * self.residual, self.scale)
+
+
+def new_classes(family: str, fitted: Fitted, task: FeatureTask) -> nn.Module:
+    """A residual is learned for the base classes only: the new classes keep their text base (no residual)."""
+    base = text_weights(task.text, task.prompts(fitted.settings["prompts"], "coop"), "raw")
+    return TaskResidual(base, fitted.classifier.alpha, fitted.classifier.scale)
 
 
 def official_prompts(task: FeatureTask) -> str:

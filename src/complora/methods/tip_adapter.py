@@ -114,6 +114,15 @@ def search(model: TipAdapter, features: torch.Tensor, labels: torch.Tensor, scal
     return best
 
 
+def new_classes(family: str, fitted: Fitted, task: FeatureTask) -> nn.Module:
+    """The cache holds no image of a new class, so its term adds nothing to their logits: the new classes
+    are classified by the zero-shot part alone, from the same prompts."""
+    model = fitted.classifier
+    text = text_weights(task.text, task.prompts(fitted.settings["prompts"], "coop"), "normalized")
+    values = torch.zeros(len(model.values), len(task.classnames))
+    return TipAdapter(text, model.keys.detach(), values, model.alpha, model.beta, model.scale, train_keys=False)
+
+
 def resolve(task: FeatureTask, settings: dict[str, Any]) -> dict[str, Any]:
     init_alpha, search_scale, epochs = OFFICIAL.get(task.dataset, OTHER)
     resolved = dict(settings)

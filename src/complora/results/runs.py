@@ -32,6 +32,10 @@ RUN_COLUMNS = [
     "accuracy",
     "zero_shot_accuracy",
     "gain",
+    "protocol",
+    "base_accuracy",
+    "new_accuracy",
+    "harmonic_mean",
     "mean_retention",
     "retention_status",
     "coop_prompts_accuracy",
@@ -129,6 +133,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
             {
                 **{column: run.get(column) for column in RUN_COLUMNS},
                 "seed": run["seed"],
+                "protocol": run.get("protocol", "all"),
                 "mean_retention": mean_retention(run),
                 "retention_status": run.get("retention_status") or ("measured" if run["retention"] else None),
                 "coop_prompts_accuracy": coop.get("accuracy"),

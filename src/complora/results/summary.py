@@ -40,6 +40,13 @@ FILES = """\
 """
 
 
+BASE_TO_NEW = (
+    "Trained on the base classes (the first half by label); each test image classified among its own half's "
+    "classes. Accuracy, gain and retention elsewhere in this summary are the base classes'. `-`: the method "
+    "has no prediction for classes it was not fitted on (`tables/base_to_new.csv`).\n"
+)
+
+
 def averages(accuracy: pd.DataFrame, retention: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per method and shots: accuracy and retention averaged over the datasets it ran (``datasets`` of
     ``of`` the study's; the summary marks a partial average, `dvc metrics show` gets only full ones)."""
@@ -205,6 +212,9 @@ def summary_markdown(
         lines += [f"Zero-shot CLIP averages {zero_shot.mean():.2f} % on these datasets.", ""]
     lines += [DEFINITIONS, f"## Compared with {reference_label}", ""]
     lines += _comparison_section(comparisons, reference_label, reference, level, bool(len(reference_family)))
+    if "base_to_new" in tables:
+        lines += ["## Base-to-new (top-1 %: base classes, new classes, harmonic mean H)", "", BASE_TO_NEW]
+        lines += [tables["base_to_new"]]
     lines += ["## Accuracy (top-1 %, mean over seeds)", "", tables["accuracy"]]
     lines += ["## Retention (points, mean over the retention datasets and seeds)", "", tables["retention"]]
     curves = ", `plots/training_curves.png` (from each adapter run's `curve.csv`)" if has_curves else ""
