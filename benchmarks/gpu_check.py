@@ -15,6 +15,8 @@ has everything).
   x seed x {LoRA, Comp-LoRA} of config/paper.yaml, plus each dataset's zero-shot evaluation. Lower bounds:
   the GPU's side only, without reading the evaluation caches, cutting the training crops (ImageNet 16-shot
   decodes its originals per batch), the Comp-LoRA ablation's 96 jobs or the feature store.
+- Prompt learners (``prompt_step.py``): CoOp (4), CoOp (16), KgCoOp and CoCoOp steps at both prompt counts,
+  CoCoOp's test per image, and their GPU hours on the paper grid and its base-to-new option.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from complora.data.registry import load_registry
 from complora.data.testset import ArrayPixels, TestSplit
 from complora.evaluation import top1_accuracies
 from complora.subspace import build_projector
+from prompt_step import grid_hours, measure
 
 SHOTS = (1, 2, 4, 8, 16)
 SEEDS = 3
@@ -134,6 +137,14 @@ def main() -> None:
         report["lora_compiled_step_seconds_1000_prompts"] = round(compiled, 4)
         report["ratio_compiled_over_eager"] = round(compiled / at_1000["lora"], 3)
         report["lora_compile_seconds_with_its_timed_steps"] = round(time.perf_counter() - start, 1)
+    emit()
+    rounds = max(3, args.steps // 20)
+    learned = measure(device, many, rounds), measure(device, few, rounds)
+    report["prompt_step_seconds"] = {
+        family: [round(figures["step_seconds"][family], 4) for figures in learned]
+        for family in learned[0]["step_seconds"]
+    }
+    report["prompt_learning_gpu_hours"] = grid_hours(*learned, (many, few))
     emit()
 
 

@@ -376,7 +376,11 @@ def test_demo_config_runs_every_family_and_its_k_sweep_file_declares_the_variant
     lora, complora = demo["hyperparameters"]["lora"], demo["hyperparameters"]["complora"]
     assert {key: complora[key] for key in lora} == lora, "the demo trains both methods with the same hyperparameters"
     methods = study_methods(check_config(copy.deepcopy(demo), SCHEMA))
-    assert {method.family for method in methods.values()} >= set(FEATURE_FAMILIES) | {"lora", "complora"}
+    prompt_families = {name for name, family in FAMILIES.items() if family.kind == "prompt"}
+    assert {method.family for method in methods.values()} >= set(FEATURE_FAMILIES) | {
+        "lora",
+        "complora",
+    } | prompt_families
     sweep = check_config(_merged(demo, yaml.safe_load((ROOT / "config/demo_k_sweep.yaml").read_text())), SCHEMA)
     ks = sorted(method.settings["k"] for method in study_methods(sweep).values() if method.family == "complora")
     assert ks == [8, 16, 32, 64]

@@ -75,7 +75,7 @@ def test_every_output_is_there_and_holds_the_results_contract(demo: Path):
         assert metrics["iterations"] == shots * 3 and set(metrics["retention"]) == set(RETENTION) - {dataset}
         assert metrics["backbone"]["weights_sha256"] == model_metadata["weights_sha256"]
         assert (folder / "adapter" / "adapter_config.json").is_file()
-        assert "fine-tuning" in (folder / "train.log").read_text(), "the progress bar goes to the run's log"
+        assert "training:" in (folder / "train.log").read_text(), "the progress bar goes to the run's log"
         hashes.add(metrics["config_hash"])
     assert len(hashes) == len(run_dirs())
 
@@ -194,9 +194,19 @@ def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
     ablation = 4 * 4 * 2 * 3  # four Comp-LoRA variants on 4 datasets x 2 shots x 3 seeds
     assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": grid, "projector": 1,
                                   "eval_cache": 11, "zero_shot": 11, "train": 2 * grid + ablation, "features": 11,
-                                  "fit": 11 * 8, "aggregate": 1, "all": 1}  # fmt: skip
+                                  "fit": 11 * 8, "prompt": 4 * grid, "aggregate": 1, "all": 1}  # fmt: skip
     gpu_jobs = re.findall(r"^rule (\w+):(?:\n    .*)*\n    resources: .*gpu=1", output, re.MULTILINE)
-    assert sorted(gpu_jobs) == ["features"] * 11 + ["train"] * (2 * grid + ablation) + ["zero_shot"] * 11
+    assert sorted(gpu_jobs) == (
+        ["features"] * 11 + ["prompt"] * 4 * grid + ["train"] * (2 * grid + ablation) + ["zero_shot"] * 11
+    )
+    # The base-to-new option: 16 shots per base class, the ablation at 16 shots only (the counts its file lists).
+    result = run(project, "snakemake", "-n", "--configfile", "config/paper.yaml", "config/paper_base_to_new.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": 33, "projector": 1,
+                                  "eval_cache": 11, "zero_shot": 11, "train": 66 + 48, "features": 11, "fit": 88,
+                                  "prompt": 4 * 33, "aggregate": 1, "all": 1}  # fmt: skip
+    assert "results/base_to_new/tables/base_to_new.md" in output
 
 
 def test_downloaded_and_custom_datasets_through_the_workflow(tmp_path: Path):
@@ -355,6 +365,39 @@ def test_every_method_runs_and_a_variants_change_reruns_only_that_variant(tmp_pa
         assert job_counts(output) == {rule: expected, "aggregate": 1, "all": 1}, output[-3000:]
         planned = re.findall(r"output: (results/runs/\S+/metrics\.json)", output)
         assert planned and all(f"/{variant}/" in path for path in planned)
+
+
+def test_base_to_new_study_scores_every_kind_of_method_on_base_and_new_classes(tmp_path: Path):
+    methods = ["zeroshot", "lora", "linear_probe", "tip_adapter", "clip_adapter", "coop4", "kgcoop", "cocoop"]
+    quick = {"clip_adapter": {"epochs": 2}, "coop4": {"epochs": 2}, "kgcoop": {"epochs": 2}, "cocoop": {"epochs": 1}}
+    config = {**REDUCED, "protocol": "base_to_new", "shots": [2], "methods": methods,
+              "hyperparameters": {"lora": REDUCED["hyperparameters"]["lora"], **quick}}  # fmt: skip
+    project = make_project(tmp_path / "project", config)
+    result = run(project, "snakemake", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert not (project / "results/runs").exists() and not (project / "resources/splits").exists()
+    for dataset in DATASETS:
+        split = json.loads((project / f"resources/base_to_new/splits/{dataset}/shots2_seed1.json").read_text())
+        assert split["protocol"] == "base_to_new" and (split["base_classes"], split["all_classes"]) == (3, 5)
+        zero_shot = json.loads((project / f"results/base_to_new/runs/{dataset}/zeroshot/metrics.json").read_text())
+        folder = project / f"results/base_to_new/runs/{dataset}"
+        runs = {m: json.loads((folder / m / "shots2/seed1/metrics.json").read_text()) for m in methods[1:]}
+        for method, metrics in runs.items():
+            assert metrics["protocol"] == "base_to_new" and metrics["accuracy"] == metrics["base_accuracy"], method
+            assert metrics["zero_shot_accuracy"] == zero_shot["base_accuracy"], method
+        assert runs["linear_probe"]["new_accuracy"] is None, "a linear probe names no class it was not fitted on"
+        # Tip-Adapter's cache holds no new-class image: on the new classes it is zero-shot CLIP.
+        assert runs["tip_adapter"]["new_accuracy"] == zero_shot["new_accuracy"]
+        for method in ("lora", "clip_adapter", "coop4", "kgcoop", "cocoop"):
+            assert runs[method]["new_accuracy"] is not None and runs[method]["harmonic_mean"] is not None, method
+    rows = table_rows((project / "results/base_to_new/tables/base_to_new.md").read_text())
+    labels = [row[0] for row in rows]
+    for label in ("Zero-shot CLIP", "LoRA", "Linear probe", "Tip-Adapter", "CoOp (4)", "KgCoOp", "CoCoOp"):
+        assert label in labels, label
+    assert next(row for row in rows if row[0] == "Linear probe")[2:] == ["-", "-"]
+    summary = (project / "results/base_to_new/summary.md").read_text()
+    assert "## Base-to-new" in summary and "### Average over datasets (2 shots per base class)" in summary
+    assert json.loads((project / "results/base_to_new/metrics.json").read_text())["base_to_new"]["coop4"]
 
 
 def run_dir_of(dataset: str, method: str, shots: int) -> str:

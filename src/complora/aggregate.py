@@ -98,7 +98,11 @@ def aggregate(
     datasets = sorted(runs["dataset"].unique())
     accuracy = accuracy_summary(runs)
     retention = retention_summary(retention_long(records))
-    published = published_rows(reference_table, datasets, set(runs["family"])) if reference_table else None
+    base_to_new = bool((runs["protocol"] == "base_to_new").any())
+    # The published numbers are all-class accuracies: no row beside a base-to-new study's base-class ones.
+    published = (
+        published_rows(reference_table, datasets, set(runs["family"])) if reference_table and not base_to_new else None
+    )
     accuracy_wide = accuracy_table(accuracy, datasets, published)
     retention_wide = retention_table(retention, runs, datasets)
     compared = comparisons(runs, compare_to, level)
@@ -132,15 +136,15 @@ def aggregate(
         # Not key-sorted: shots stay in numeric order for `dvc metrics show`.
         out / "metrics.json": json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n",
     }
-    if (runs["protocol"] == "base_to_new").any():
+    if base_to_new:
         split_classes = base_to_new_summary(runs)
         md["base_to_new"] = base_to_new_markdown(split_classes)
-        figures["base_to_new"] = {
-            row.method: {
-                f"shots{row.shots}": {"base": row.base, "new": _number(row.new), "h": _number(row.harmonic_mean)}
-            }
-            for row in split_classes[split_classes["dataset"] == AVERAGE].itertuples(index=False)
-        }
+        averaged_halves = split_classes[split_classes["dataset"] == AVERAGE]
+        figures["base_to_new"] = {}
+        for row in averaged_halves.itertuples(index=False):
+            figures["base_to_new"].setdefault(row.method, {})[f"shots{row.shots}"] = {
+                "base": row.base, "new": _number(row.new), "h": _number(row.harmonic_mean)
+            }  # fmt: skip
         files[out / "metrics.json"] = json.dumps({**figures, "runs": len(runs)}, indent=2) + "\n"
         files[tables / "base_to_new.csv"] = csv(split_classes)
         files[tables / "base_to_new.md"] = md["base_to_new"]

@@ -416,8 +416,9 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the method's name in the study (default: the family)")
     parser.add_argument("--settings", default="{}", help="the family's hyperparameters as JSON (default: official)")
     parser.add_argument("--zero-shot", type=Path, required=True, help="the dataset's zero-shot metrics.json")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="the study's prompt (the zero-shot run's)")
     parser.add_argument(
-        "--template", default=DEFAULT_TEMPLATE, help="the study's prompt (the zero-shot run's; KgCoOp's hand-crafted)"
+        "--coop-template", action="append", default=[], help="CoOp's prompt(s) for the dataset (KgCoOp's target)"
     )
     parser.add_argument("--out-dir", type=Path, required=True, help="run folder: prompt.safetensors, metrics.json")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="as for train (0: no checkpoints)")
@@ -449,6 +450,7 @@ def _run_prompt(args: argparse.Namespace) -> None:
         zero_shot_run=args.zero_shot,
         name=args.name or args.family,
         template=args.template,
+        coop_templates=args.coop_template,
         request=_read_request(args.request),
     )
     _run_stoppable(

@@ -29,8 +29,8 @@ class Top1(NamedTuple):
     """Top-1 accuracy (%) and the sha256 of the predicted labels (int32, in test-split order): equal digests
     mean the very same predictions, which is what a comparison of two evaluation paths needs.
 
-    With class groups (the base-to-new protocol) each image is classified among its own group's classes and
-    ``groups`` holds each group's accuracy (%) over its images; ``accuracy`` is then over all of them."""
+    With class groups (the base-to-new protocol) ``groups`` holds each group's accuracy (%): its images, each
+    classified among its own group's classes; ``accuracy`` and the digest stay those of all the classes."""
 
     accuracy: float
     predictions_sha256: str
@@ -102,6 +102,7 @@ def top1_accuracies(
         group_of_class = torch.tensor([names.index(group) for group in class_groups], device=device)
     # Predictions stay on the device until the end: reading them back per batch would wait for the GPU.
     predictions: list[list[torch.Tensor]] = [[] for _ in classifiers]
+    grouped: list[list[torch.Tensor]] = [[] for _ in classifiers]
     classifiers = [c.to(device) if isinstance(c, torch.Tensor) else c for c in classifiers]
     mean, std = transform.normalization(device)
     start = 0
@@ -114,20 +115,19 @@ def top1_accuracies(
         features = F.normalize(encoded.float(), dim=-1)
         for index, classifier in enumerate(classifiers):
             logits = features @ classifier.T if isinstance(classifier, torch.Tensor) else classifier(features)
+            predictions[index].append(logits.argmax(dim=-1))
             if class_groups is not None:
-                predictions[index].append(within_groups(logits, labels[start : start + len(array)], group_of_class))
-            else:
-                predictions[index].append(logits.argmax(dim=-1))
+                grouped[index].append(within_groups(logits, labels[start : start + len(array)], group_of_class))
         start += len(array)
     if start != len(labels):
         raise RuntimeError(f"{test.name}: {start} images were evaluated for {len(labels)} labels")
     # The share in float32, as the mean of a float32 mask gives it: the demo's published numbers stay those
     # it had when accuracy was computed that way.
     results = []
-    for predicted in predictions:
+    for predicted, within in zip(predictions, grouped, strict=True):
         predicted = torch.cat(predicted)
         correct = (predicted == labels).sum().cpu()
-        groups = group_accuracies(predicted, labels, class_groups) if class_groups is not None else None
+        groups = group_accuracies(torch.cat(within), labels, class_groups) if class_groups is not None else None
         results.append(Top1(100.0 * (correct.float() / len(labels)).item(), predictions_sha256(predicted), groups))
     return results
 

@@ -282,7 +282,7 @@ def train_loop(
     every = curve_interval(settings.iterations)
     trainable.train()
     session_start = time.perf_counter()
-    progress = progress_bar(total=settings.iterations, initial=loop.step, desc="fine-tuning", unit="it", leave=False)
+    progress = progress_bar(total=settings.iterations, initial=loop.step, desc="training", unit="it", leave=False)
     with progress, stop.protected() if stop else nullcontext():
         while loop.step < settings.iterations and not (stop and stop.requested):
             if loop.position + settings.batch_size > len(loop.order):

@@ -119,11 +119,16 @@ def fit_and_evaluate(spec: FitSpec, out_root: Path) -> list[dict[str, Any]]:
             new_task = _task(spec, split, support, text, base, len(text.classnames))
             new_predicted = _predict(family.new_classes(spec.family, fitted, new_task), new_test)
             groups[NEW] = 100.0 * ((new_predicted == new_test.labels).sum().float() / len(new_test.labels)).item()
-            predicted = torch.cat([predicted, new_predicted + base])
+            # Back in test-split order, each image's prediction among its own half's classes.
+            in_order = torch.empty_like(test.labels)
+            in_order[test.labels < base], in_order[test.labels >= base] = predicted, new_predicted + base
+            predicted = in_order
         outcome = _Outcome(
-            scores=scores(protocol, correct, groups),
+            scores=scores(protocol, correct if base == len(text.classnames) else None, groups),
             protocol=protocol,
             predicted=predicted,
+            test_size=len(test.labels),
+            classes=len(text.classnames),
             fit_seconds=fit_seconds,
             eval_seconds=time.perf_counter() - eval_start,
             wall_seconds=time.perf_counter() - start,
@@ -156,11 +161,14 @@ def _predict(classifier: torch.nn.Module, test: TestFeatures) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """What one cell measured (``predicted``: the base classes' images first under base-to-new)."""
+    """What one cell measured. ``predicted``: in test-split order; under base-to-new each image's among its
+    own half's classes, and only the base classes' images where the family has no new-class predictions."""
 
     scores: dict[str, float | None]
     protocol: str
     predicted: torch.Tensor
+    test_size: int
+    classes: int
     fit_seconds: float
     eval_seconds: float
     wall_seconds: float
@@ -207,8 +215,8 @@ def _write_fit_run(
         **outcome.scores,
         "zero_shot_accuracy": zero_shot,
         "gain": round(accuracy - zero_shot, 2),
-        "test_size": len(outcome.predicted),
-        "classes": len(split["classnames"]),
+        "test_size": outcome.test_size,
+        "classes": outcome.classes,
         "template": spec.template,
         "predictions_sha256": predictions_sha256(outcome.predicted),
         "retention": {},

@@ -321,7 +321,8 @@ def run_request(dataset, method, shots, seed):
     if spec.kind == PROMPT:
         inputs["zero_shot"] = digest(zero_shot_request(dataset))
         inputs |= evaluation_inputs([dataset])
-        request |= {"device": device_flag(TRAINING_GPUS), "code": CODE["prompt"]}
+        request |= {"coop_templates": coop_templates(dataset), "device": device_flag(TRAINING_GPUS),
+                    "code": CODE["prompt"]}  # fmt: skip
     elif spec.kind == ADAPTER:
         references = [dataset, *retention_datasets(dataset)]
         inputs["zero_shot"] = {name: digest(zero_shot_request(name)) for name in references}

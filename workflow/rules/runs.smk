@@ -111,6 +111,7 @@ rule prompt:
         family=lambda wildcards: METHODS[wildcards.method].family,
         settings=lambda wildcards: json.dumps(METHODS[wildcards.method].settings, sort_keys=True),
         template=config["prompt_template"],
+        coop=lambda wildcards: " ".join(f"--coop-template {shlex.quote(t)}" for t in coop_templates(wildcards.dataset)),
         out_dir=lambda wildcards, output: Path(output.metrics).parent,
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(TRAINING_GPUS),
@@ -129,7 +130,7 @@ rule prompt:
         "complora prompt --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
         " --few-shot {input.split} --seed {wildcards.seed} --family {params.family} --name {wildcards.method}"
         " --settings {params.settings:q} --model {params.model} --pretrained {params.checkpoint}"
-        " --zero-shot {input.zero_shot} --template {params.template:q} {params.eval_cache}"
+        " --zero-shot {input.zero_shot} --template {params.template:q} {params.coop} {params.eval_cache}"
         " --eval-batch-size {resources.eval_batch_size} --train-memory-mib {resources.train_memory_mib}"
         " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
         " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"

@@ -40,10 +40,12 @@ def groups_for(protocol: str, classes: int) -> list[str] | None:
     return class_groups(classes) if protocol == BASE_TO_NEW else None
 
 
-def scores(protocol: str, accuracy: float, groups: dict[str, float] | None) -> dict[str, float | None]:
-    """A run's accuracy fields (%, rounded to 2 places). Under base-to-new ``accuracy`` is the base classes'
-    (the task trained on, and the reference of gain and retention) and the new classes' accuracy and the
-    harmonic mean come beside it; a ``groups`` without ``new``: the method has no new-class predictions."""
+def scores(protocol: str, accuracy: float | None, groups: dict[str, float] | None) -> dict[str, float | None]:
+    """A run's accuracy fields (%, rounded to 2 places) from its all-class ``accuracy`` and its ``groups``'.
+    Under base-to-new ``accuracy`` becomes the base classes' (the task trained on, the reference of the gain)
+    with the new classes' and the harmonic mean beside it, and the all-class accuracy is kept as
+    ``all_classes_accuracy`` (the reference of retention on other datasets; None where not measured). A
+    ``groups`` without ``new``: the method has no new-class predictions."""
     if protocol != BASE_TO_NEW:
         return {"accuracy": round(accuracy, 2)}
     base, new = round(groups[BASE], 2), groups.get(NEW)
@@ -53,4 +55,5 @@ def scores(protocol: str, accuracy: float, groups: dict[str, float] | None) -> d
         "base_accuracy": base,
         "new_accuracy": new,
         "harmonic_mean": round(harmonic_mean(base, new), 2) if new is not None else None,
+        "all_classes_accuracy": round(accuracy, 2) if accuracy is not None else None,
     }

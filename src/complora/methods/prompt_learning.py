@@ -14,11 +14,14 @@ The prompts run on the exact short context (complora.text). Training is the shar
 (complora.finetune.train_loop) with the official schedules: SGD (momentum 0.9, L2 weight decay 5e-4), lr
 0.002, one warm-up epoch at 1e-5 then a cosine over the epochs, and the official epochs and batch sizes
 (CoOp 50 / 100 / 100 / 200 / 200 epochs for 1 / 2 / 4 / 8 / 16 shots, ImageNet 50; KgCoOp 100 at batch 128;
-CoCoOp 10 at batch 1), the last epoch kept. Differences from the official code: the crops are the loop's
-(RandomResizedCrop 0.08-1 with flip, as Dassl's, but from complora's generator); the towers run under bf16
-autocast on CUDA with float32 context and optimiser state, where the official code keeps everything fp16;
-KgCoOp's hand-crafted prompts are the study's prompt template (the official DTD prompt differs from CoOp's,
-reference §2.4).
+CoCoOp 10 at batch 1), the last epoch kept. KgCoOp's hand-crafted prompts are its own per dataset: CoOp's
+prompt, except DTD's "a photo of a {}, a type of texture." and ImageNet's single "a photo of a {}." (reference
+§2.4); a dataset without a CoOp prompt (the demo's, custom ones) takes the study's prompt.
+
+Differences from the official code: the crops are the loop's (RandomResizedCrop 0.08-1 with flip, as
+Dassl's, but from complora's generator); the towers run under bf16 autocast on CUDA with float32 context and
+optimiser state, where the official code keeps everything fp16; KgCoOp's hand-crafted features come from the
+same frozen model rather than a second copy of it (the same features).
 """
 
 from __future__ import annotations
@@ -65,14 +68,26 @@ DEFAULTS = {
         **_OPTIMISATION,
     },
 }
+# Settings whose null means something (a random context; CoOp's epochs for the shots) whatever the default.
+NULLABLE = frozenset({"context_init", "epochs"})
 RANDOM_INIT_STD = 0.02
 # Prompts encoded at once when each image has its own (CoCoOp's test): bounds the activations' memory.
 CONDITIONED_PROMPTS_PER_PASS = 4096
 
 
-def resolve(family: str, dataset: str, shots: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings with their nulls resolved (CoOp's epochs per shot)."""
-    return {**settings, "epochs": settings["epochs"] or coop_epochs(dataset, shots)}
+# KgCoOp's CUSTOM_TEMPLATES where they are not CoOp's prompt for the dataset (reference §2.4).
+KGCOOP_PROMPTS = {"DTD": "a photo of a {}, a type of texture.", "ImageNet": "a photo of a {}."}
+
+
+def resolve(
+    family: str, dataset: str, shots: int, settings: dict[str, Any], coop_templates: list[str]
+) -> dict[str, Any]:
+    """The settings with their nulls resolved (CoOp's epochs per shot) and, for KgCoOp, its hand-crafted
+    prompt for the dataset (``coop_templates``: CoOp's prompt(s) for it, or the study's prompt)."""
+    resolved = {**settings, "epochs": settings["epochs"] or coop_epochs(dataset, shots)}
+    if family == "kgcoop":
+        resolved["hand_crafted_template"] = KGCOOP_PROMPTS.get(dataset, coop_templates[0])
+    return resolved
 
 
 class PromptLearner(nn.Module):
@@ -105,7 +120,7 @@ class PromptLearner(nn.Module):
         self.context = nn.Parameter(vectors.to(device))
         self.meta_net = None
         if meta_net:
-            embed = model.text_projection.shape[1] if model.text_projection is not None else width
+            embed = model.visual.output_dim
             hidden = embed // settings["meta_net_reduction"]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -172,9 +187,9 @@ class Objective:
         settings: dict[str, Any],
         seed: int,
         *,
-        hand_crafted_template: str,
         normalize: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
+        """``settings`` resolved (:func:`resolve`)."""
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.family, self.model, self.settings, self.normalize = family, model, settings, normalize
@@ -183,7 +198,7 @@ class Objective:
         self.autocast = tower_autocast(next(model.parameters()).device)
         self.hand_crafted = None
         if family == "kgcoop":
-            self.hand_crafted = text_classifier(model, tokenizer, classnames, hand_crafted_template)
+            self.hand_crafted = text_classifier(model, tokenizer, classnames, settings["hand_crafted_template"])
 
     def text_features(self) -> torch.Tensor:
         with self.autocast:

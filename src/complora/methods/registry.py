@@ -136,14 +136,16 @@ def implementation(family: str) -> ModuleType:
 
 
 def family_settings(family: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """A feature-level family's settings: its official defaults with ``settings`` over them; unknown keys
-    are refused by name."""
-    defaults = implementation(family).DEFAULTS[family]
+    """A family's settings: its official defaults with ``settings`` over them; unknown keys are refused by
+    name, and so is a value of another kind than the default's (null where the family's ``NULLABLE`` allows).
+    """
+    module = implementation(family)
+    defaults, nullable = module.DEFAULTS[family], getattr(module, "NULLABLE", frozenset())
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise ValueError(f"unknown {family} setting(s) {unknown}; known: {', '.join(sorted(defaults))}")
     for key, value in settings.items():
-        if not _same_kind(value, defaults[key]):
+        if not (value is None and key in nullable) and not _same_kind(value, defaults[key]):
             raise ValueError(f"{family} setting {key}: {value!r} is not of the kind of its default {defaults[key]!r}")
     return {**copy.deepcopy(defaults), **settings}
 
