@@ -1,6 +1,7 @@
 """What only a CUDA GPU can check (marker ``gpu``; skipped without one; ``benchmarks/gpu_check.sh`` runs them):
 a bf16 training step, the CUDA generator in checkpoints and a resume to the same weights, the GPU claim of
-``--device auto``, and zero-shot evaluation from the evaluation cache on the GPU."""
+``--device auto``, zero-shot evaluation from the evaluation cache on the GPU, and the prompt learners' bf16
+steps."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from PIL import Image
 
 from complora.checkpoint import Checkpointing
 from complora.data.evalcache import build_eval_cache
+from complora.data.images import normalize
 from complora.data.testset import DatasetRef, open_test_split
 from complora.devices import select_device
 from complora.errors import ComploraError
 from complora.evaluation import zero_shot_accuracies
 from complora.finetune import FinetuneSettings, finetune
+from complora.methods.prompt_learning import DEFAULTS, Objective, resolve
 from complora.stopping import JobStopped, StopSignals
 from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set
 
@@ -114,3 +117,25 @@ def test_evaluation_from_the_cache_on_the_gpu_predicts_what_the_cpu_does(make_ti
         (results[device],) = zero_shot_accuracies(model, tokenizer, test, ["a photo of a {}."], TRANSFORM_32, 7)
     # bf16 towers on the GPU may flip a near tie; at most one image of 24.
     assert abs(results["cuda"].accuracy - results["cpu"].accuracy) <= 100 / 24 + 1e-6
+
+
+@pytest.mark.parametrize("family", ["coop4", "kgcoop", "cocoop"])
+def test_prompt_learning_steps_in_bf16_and_trains_only_its_context(make_tiny, coloured, family: str):
+    device = select_device("cuda")
+    model = make_tiny().to(device).eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    settings = resolve(family, "colours", 4, DEFAULTS[family], ["a photo of a {}."])
+    mean, std = TRANSFORM_32.normalization(device)
+    made = Objective(family, model, tokenizer, NAMES, settings, 0, normalize=lambda crops: normalize(crops, mean, std))
+    crops = coloured[0][:4].to(device)
+    dtypes = []
+    model.visual.register_forward_hook(lambda _module, _args, output: dtypes.append(output.dtype))
+    loss = made.loss(crops, coloured[1][:4].to(device))
+    loss.backward()
+    assert set(dtypes) == {torch.bfloat16} and torch.isfinite(loss)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in made.learner.parameters())
+    classifier = made.classifier(NAMES)
+    features = torch.nn.functional.normalize(torch.randn(5, model.visual.output_dim, device=device), dim=-1)
+    logits = features @ classifier.T if isinstance(classifier, torch.Tensor) else classifier(features)
+    assert logits.shape == (5, len(NAMES)) and torch.isfinite(logits).all()
