@@ -44,7 +44,7 @@ def class_names(count: int) -> list[str]:
 
 
 def steps_per_job(family: str, dataset: str, classes: int, shots: int) -> int:
-    settings = resolve(family, dataset, shots, DEFAULTS[family])
+    settings = resolve(family, dataset, shots, DEFAULTS[family], ["a photo of a {}."])
     return settings["epochs"] * dassl_epoch_steps(classes * shots, settings["batch_size"])
 
 
@@ -52,10 +52,10 @@ def make_step(family: str, model: torch.nn.Module, names: list[str], device: tor
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
+    settings = resolve(family, "ImageNet", 16, DEFAULTS[family], ["a photo of a {}."])
     objective = Objective(
-        family, model, tokenizer, names, DEFAULTS[family], 0, hand_crafted_template="a photo of a {}.",
-        normalize=lambda crops: normalize(crops, mean, std),
-    )  # fmt: skip
+        family, model, tokenizer, names, settings, 0, normalize=lambda crops: normalize(crops, mean, std)
+    )
     batch = DEFAULTS[family]["batch_size"]
     generator = torch.Generator().manual_seed(0)
     crops = torch.randint(0, 256, (batch, 224, 224, 3), dtype=torch.uint8, generator=generator).to(device)

@@ -185,11 +185,16 @@ def test_dvc_repro_push_and_pull(demo: Path, tmp_path: Path):
 
 
 def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
-    project = make_project(tmp_path / "project", REDUCED)
+    # Merged over the demo's own config.yaml, as a user runs it: nothing of the demo's may leak through.
+    project = make_project(tmp_path / "project", yaml.safe_load((ROOT / "config.yaml").read_text()))
     shutil.copytree(ROOT / "config", project / "config")
-    result = run(project, "snakemake", "-n", "--configfile", "config/paper.yaml")
+    result = run(project, "snakemake", "-n", "--printshellcmds", "--configfile", "config/paper.yaml")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    lora = next(line for line in output.splitlines() if "complora train" in line and "--method lora" in line)
+    assert "--learning-rate 0.0002 " in lora and "--rank 2 " in lora, "CLIP-LoRA's hyperparameters, not the demo's"
+    iterations = {int(k): int(i) for k, i in re.findall(r"shots(\d+)_seed\d+\.json .*?--iterations (\d+)", output)}
+    assert iterations and all(i == 500 * k for k, i in iterations.items())
     grid = 11 * 5 * 3
     ablation = 4 * 4 * 2 * 3  # four Comp-LoRA variants on 4 datasets x 2 shots x 3 seeds
     assert job_counts(output) == {"dataset": 11, "pretrained_weights": 1, "few_shot_split": grid, "projector": 1,

@@ -50,9 +50,12 @@ def base_to_new_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def base_to_new_markdown(summary: pd.DataFrame) -> str:
-    """A section per dataset (the Average first): one row per method, columns Base, New, H."""
+    """A section per dataset (the Average first) and shot count: one row per method, zero-shot CLIP first,
+    columns Base, New, H."""
+    zero_shot = summary[summary["shots"] == 0]
     sections = []
-    for (dataset, shots), rows in summary.groupby(["dataset", "shots"], sort=False):
+    for (dataset, shots), rows in summary[summary["shots"] > 0].groupby(["dataset", "shots"], sort=False):
+        rows = pd.concat([zero_shot[zero_shot["dataset"] == dataset], rows])
         view = pd.DataFrame(
             {
                 "method": [label(m, f) for m, f in zip(rows["method"], rows["family"], strict=True)],
@@ -62,7 +65,8 @@ def base_to_new_markdown(summary: pd.DataFrame) -> str:
             }
         )
         title = "Average over datasets" if dataset == AVERAGE else dataset
-        sections.append(f"### {title} ({shots} shots per base class)\n\n" + view.to_markdown(index=False) + "\n")
+        table = view.to_markdown(index=False, disable_numparse=True)
+        sections.append(f"### {title} ({shots} shots per base class)\n\n{table}\n")
     return "\n".join(sections)
 
 
