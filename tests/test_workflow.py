@@ -84,7 +84,10 @@ def test_every_output_is_there_and_holds_the_results_contract(demo: Path):
     assert len(accuracy) - 1 == len(DATASETS) * (1 + len(TRAINED) * len(SHOTS))
     assert (demo / "results/tables/retention.csv").read_text().startswith("dataset,method,family,shots,retention_")
     runs = (demo / "results/tables/runs.csv").read_text().splitlines()
-    assert runs[0].startswith("dataset,method,family,shots,seed,accuracy,zero_shot_accuracy,gain,mean_retention")
+    assert runs[0].startswith(
+        "dataset,method,family,shots,seed,accuracy,zero_shot_accuracy,gain,protocol,base_accuracy,new_accuracy,"
+        "harmonic_mean,mean_retention"
+    )
     assert len(runs) - 1 == len(DATASETS) + len(run_dirs())
     assert (demo / "results/tables/comparisons.csv").read_text().startswith("metric,method,family,reference,")
     assert table_rows((demo / "results/tables/accuracy.md").read_text())[0][:3] == ["shots", "method", "demo_patterns"]
@@ -187,7 +190,6 @@ def test_dvc_repro_push_and_pull(demo: Path, tmp_path: Path):
 def test_paper_config_dry_run_lists_the_whole_grid(tmp_path: Path):
     # Merged over the demo's own config.yaml, as a user runs it: nothing of the demo's may leak through.
     project = make_project(tmp_path / "project", yaml.safe_load((ROOT / "config.yaml").read_text()))
-    shutil.copytree(ROOT / "config", project / "config")
     result = run(project, "snakemake", "-n", "--printshellcmds", "--configfile", "config/paper.yaml")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

@@ -17,12 +17,14 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "
 
 
 def make_project(directory: Path, config: dict) -> Path:
-    """A copy of the workflow (and the sources DVC hashes) with its own config.yaml."""
+    """A copy of the workflow (and the sources DVC hashes) with its own config.yaml; the overlays of config/
+    come along (dvc.yaml's base-to-new stage merges config/demo_base_to_new.yaml over it)."""
     directory.mkdir(parents=True)
     for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, directory / name)
     shutil.copytree(ROOT / "workflow", directory / "workflow")
     shutil.copytree(ROOT / "profiles", directory / "profiles")
+    shutil.copytree(ROOT / "config", directory / "config")
     shutil.copytree(
         ROOT / "src" / "complora", directory / "src" / "complora", ignore=shutil.ignore_patterns("__pycache__")
     )
