@@ -29,9 +29,9 @@ import torch
 
 from adapter_step import prompts, random_model, synchronize, timed
 from complora.data.base_to_new import base_classes
-from complora.data.images import normalize
+from complora.data.images import EvalTransform, normalize
 from complora.data.registry import load_registry
-from complora.finetune import dassl_epoch_steps
+from complora.finetune import SGD_DASSL, FinetuneSettings, dassl_epoch_steps
 from complora.methods.prompt_learning import DEFAULTS, Objective, resolve
 
 FAMILIES = tuple(DEFAULTS)
@@ -50,8 +50,7 @@ def steps_per_job(family: str, dataset: str, classes: int, shots: int) -> int:
 
 def make_step(family: str, model: torch.nn.Module, names: list[str], device: torch.device):
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = EvalTransform.for_model(model).normalization(device)
     settings = resolve(family, "ImageNet", 16, DEFAULTS[family], ["a photo of a {}."])
     objective = Objective(
         family, model, tokenizer, names, settings, 0, normalize=lambda crops: normalize(crops, mean, std)
@@ -60,7 +59,15 @@ def make_step(family: str, model: torch.nn.Module, names: list[str], device: tor
     generator = torch.Generator().manual_seed(0)
     crops = torch.randint(0, 256, (batch, 224, 224, 3), dtype=torch.uint8, generator=generator).to(device)
     labels = torch.randint(0, len(names), (batch,), generator=generator).to(device)
-    optimizer = torch.optim.SGD(objective.learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    training = FinetuneSettings(
+        iterations=1,
+        batch_size=batch,
+        learning_rate=settings["learning_rate"],
+        weight_decay=settings["weight_decay"],
+        optimizer=SGD_DASSL,
+        momentum=settings["momentum"],
+    )
+    optimizer, _ = training.optimizer_and_schedule(list(objective.learner.parameters()), device)
 
     def step() -> None:
         loss = objective.loss(crops, labels)

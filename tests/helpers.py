@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,15 @@ def adapter_weights(model: nn.Module) -> list[torch.Tensor]:
     """Copies of every adapter A and B, on the CPU."""
     layers = [layer for _, layer in adapter_layers(model)]
     return [p.detach().cpu().clone() for layer in layers for p in [*layer.lora_A.values(), *layer.lora_B.values()]]
+
+
+def sigterm_on_call(module: nn.Module, call: int) -> None:
+    """Send this process SIGTERM from inside the ``call``-th forward pass of ``module``: mid-step."""
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    module.register_forward_hook(hook)

@@ -19,7 +19,7 @@ from complora.data.splits import sample_few_shot
 from complora.data.training import TrainingImages
 from complora.finetune import FinetuneSettings, curve_interval, finetune
 from complora.stopping import JobStopped, StopSignals
-from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set
+from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set, sigterm_on_call
 
 
 @pytest.fixture
@@ -74,18 +74,6 @@ def test_frozen_text_tower_is_encoded_once(make_tiny, problem):
         assert calls["text"] == expected
 
 
-def _sigterm_on_call(module: torch.nn.Module, call: int) -> None:
-    """Send this process SIGTERM from inside the ``call``-th forward pass of ``module``: mid-step."""
-    calls = {"n": 0}
-
-    def hook(*_):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    module.register_forward_hook(hook)
-
-
 @pytest.mark.parametrize("problem", [{}, {"memory_limit_mib": 0}], ids=["in-memory", "decoded-per-batch"],
                          indirect=True)  # fmt: skip
 def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
@@ -100,7 +88,7 @@ def test_a_run_stopped_mid_step_resumes_from_its_checkpoint_to_the_same_weights(
 
     checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="run-a")
     stopped = adapted_tiny(make_tiny)
-    _sigterm_on_call(stopped.visual, 7)
+    sigterm_on_call(stopped.visual, 7)
     with StopSignals() as stop, pytest.raises(JobStopped, match=r"signal 15 \(SIGTERM\) at training step 7 of 12"):
         finetune(
             stopped,

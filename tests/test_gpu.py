@@ -6,8 +6,6 @@ steps."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from complora.evaluation import zero_shot_accuracies
 from complora.finetune import FinetuneSettings, finetune
 from complora.methods.prompt_learning import DEFAULTS, Objective, resolve
 from complora.stopping import JobStopped, StopSignals
-from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set
+from helpers import TRANSFORM_32, adapted_tiny, adapter_weights, dominant_channel_images, image_set, sigterm_on_call
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,14 +65,7 @@ def test_a_resumed_gpu_run_restores_the_cuda_generator_and_ends_at_the_same_weig
 
     checkpointing = Checkpointing(tmp_path / "checkpoint.pt", every=4, identity="gpu-run")
     stopped = adapted_tiny(make_tiny, device=device)
-    calls = {"n": 0}
-
-    def sigterm_in_step_seven(*_):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped.visual.register_forward_hook(sigterm_in_step_seven)
+    sigterm_on_call(stopped.visual, 7)
     with StopSignals() as stop, pytest.raises(JobStopped):
         finetune(stopped, tokenizer, images, NAMES, settings, seed=5, transform=TRANSFORM_32,
                  checkpointing=checkpointing, stop=stop)  # fmt: skip

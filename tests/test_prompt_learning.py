@@ -4,8 +4,6 @@ fixed by the labels, and every kind of method reports base, new and harmonic-mea
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import open_clip
@@ -30,7 +28,7 @@ from complora.models import load_clip
 from complora.schedules import dassl_learning_rate
 from complora.stopping import JobStopped, StopSignals
 from complora.tensorfile import save_tensors
-from helpers import image_set
+from helpers import image_set, sigterm_on_call
 
 PROMPT_FAMILIES = [name for name, family in FAMILIES.items() if family.kind == PROMPT]
 CLASSES = ["pink shape", "cyan shape", "brown shape", "gray shape", "lime shape"]
@@ -120,14 +118,7 @@ def test_a_stopped_cocoop_run_resumes_from_its_checkpoint_to_the_same_context_an
         model, tokenizer = tiny_model()
         made = objective("cocoop", model, tokenizer)
         if stop_at is not None:
-            calls = {"n": 0}
-
-            def hook(*_):
-                calls["n"] += 1
-                if calls["n"] == stop_at:
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-            model.visual.register_forward_hook(hook)
+            sigterm_on_call(model.visual, stop_at)
             with StopSignals() as stop, pytest.raises(JobStopped, match="at training step 7 of 12"):
                 train_loop(made.learner, made.loss, images, settings, 3, device=torch.device("cpu"),
                            checkpointing=checkpointing, stop=stop)  # fmt: skip
