@@ -5,7 +5,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml under the files given with --configfile (theirs win, key by key, as with Snakemake's
+# `configfile:`), read by complora so that a YAML error names the file and the line.
+include: "workflow/rules/config.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -44,6 +46,8 @@ rule all:
         rules.aggregate.output,
         # Built even when only LoRA runs, so the DVC stage's outputs do not depend on the method list.
         PROJECTOR,
+        # Asked for here so that Snakemake makes them: each redoes a stale job (common.smk).
+        REDO_MARKERS,
     default_target: True
 
 
@@ -52,3 +56,13 @@ rule prepare:
     input:
         sorted({dataset_dir(dataset) for dataset in ALL_DATASETS}),
         MODEL_DIR,
+        PREPARE_MARKERS,
+
+
+# The redo markers have done their work when the run ends (a failed run's are named anew by the next one).
+onsuccess:
+    remove_redo_markers()
+
+
+onerror:
+    remove_redo_markers()

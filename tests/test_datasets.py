@@ -222,3 +222,25 @@ def test_custom_split_per_class_is_stable_and_small_classes_get_a_test_image(tmp
     after = read_split(prepare_custom("bugs", images, tmp_path / "b", seed=1) / "split.json")
     for split in ("train", "val", "test"):
         assert [e for e in before[split] if e[2] == "bee"] == [e for e in after[split] if e[2] == "bee"]
+
+
+def test_custom_classes_a_classifier_cannot_use_are_refused_when_prepared(tmp_path: Path):
+    images = tmp_path / "images"
+    (images / "cat").mkdir(parents=True)
+    for i in range(4):
+        (images / "cat" / f"{i}.jpg").write_bytes(jpeg(i))
+    with pytest.raises(ComploraError, match="1 class; a classifier needs at least 2"):
+        prepare_custom("one", images, tmp_path / "one")
+    (images / "dog").mkdir()
+    for i in range(4):
+        (images / "dog" / f"{i}.jpg").write_bytes(jpeg(i + 4))
+    entries = [["cat/0.jpg", 0, "cat"], ["dog/0.jpg", 1, "dog"], ["dog/1.jpg", 1, "dog"]]
+    for case, change, message in (
+        ("outside", ["cat/1.jpg", 5, "lynx"], r"label\(s\) \[5\] outside the classes 0 \.\. 2"),
+        ("two names", ["cat/1.jpg", 0, "kitten"], r"label 0 has 2 names \['cat', 'kitten'\]"),
+    ):
+        split = tmp_path / f"{case}.json"
+        split.write_text(json.dumps({"train": entries, "val": entries, "test": [*entries, change]}))
+        with pytest.raises(ComploraError, match=message):
+            prepare_custom("pets", images, tmp_path / case, split_file=split)
+        assert not (tmp_path / case).exists(), "nothing half-written"

@@ -111,6 +111,7 @@ def _stream(cache: dict, transform: EvalTransform | None = None) -> list[np.ndar
 )
 def test_a_damaged_or_mismatched_cache_is_removed_and_never_used(small_cache: dict, damage: str, message: str):
     pixels, transform = small_cache["cache"] / PIXELS_FILE, small_cache["transform"]
+    (small_cache["cache"] / ".snakemake_timestamp").touch()  # what Snakemake leaves in a directory() output
     if damage == "flip a pixel":
         data = bytearray(pixels.read_bytes())
         data[-5] ^= 0xFF

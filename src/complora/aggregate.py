@@ -82,7 +82,7 @@ def aggregate(
     out: str | os.PathLike[str],
     reference_table: str | os.PathLike[str] | None = None,
     *,
-    requests: Sequence[str | os.PathLike[str]] = (),
+    requests: str | os.PathLike[str] | None = None,
     model_metadata: str | os.PathLike[str] | None = None,
     compare_to: str = DEFAULT_REFERENCE,
     level: float = DEFAULT_LEVEL,

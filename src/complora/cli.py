@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -115,27 +116,46 @@ def _check_seed(seed: int) -> None:
         raise ComploraError(f"--seed {seed}: must be 0 or more")
 
 
-def _add_request_argument(parser: argparse.ArgumentParser) -> None:
+def _add_request_argument(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
     parser.add_argument(
         "--request",
-        type=Path,
-        help="what the workflow asked this job for (JSON, recorded as is in metrics.json: a later config that "
-        "asks for something else finds the run stale)",
+        type=_request_argument,
+        action="append" if repeatable else "store",
+        default=[] if repeatable else None,
+        help="what the workflow asked this job for (JSON text, recorded as is in metrics.json: a later config "
+        "that asks for something else finds the run stale)"
+        + ("; one per --few-shot, same order" if repeatable else ""),
     )
 
 
-def _read_request(path: Path | None) -> dict | None:
-    if path is None:
-        return None
+def _request_argument(text: str) -> dict:
     try:
-        request = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ComploraError(f"--request {path} does not exist") from None
+        request = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ComploraError(f"--request {path} is not JSON ({error}); let the workflow rewrite it") from None
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
     if not isinstance(request, dict):
-        raise ComploraError(f"--request {path}: expected a JSON object")
+        raise argparse.ArgumentTypeError("expected a JSON object")
     return request
+
+
+def _check_request(request: dict | None, flags: dict[str, object]) -> None:
+    """A job records the request it was given only if its own flags say the same: the record is what the
+    job ran with, whatever else happened to the workflow meanwhile."""
+    if request is None:
+        return
+    wrong = [
+        f"{key}: the request says {json.dumps(request.get(key))}, the flags {json.dumps(value)}"
+        for key, value in flags.items()
+        if json.loads(json.dumps(request.get(key))) != json.loads(json.dumps(value))
+    ]
+    if wrong:
+        raise ComploraError("--request does not describe this job's flags:\n  " + "\n  ".join(wrong))
+
+
+def _common_request_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The request keys every run's flags give: the dataset, the prompt, the backbone."""
+    return {"dataset": args.dataset, "template": args.template,
+            "backbone": {"model": args.model, "pretrained": args.pretrained}}  # fmt: skip
 
 
 def _set_threads(threads: int | None) -> None:
@@ -247,6 +267,8 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from .experiment import Backbone, evaluate_zero_shot
 
+    flags = {"method": "zeroshot", "protocol": args.protocol, "coop_templates": args.coop_template}
+    _check_request(args.request, {**_common_request_flags(args), **flags, "device": f"--device {args.device}"})
     _set_threads(args.threads)
     evaluate_zero_shot(
         _dataset_ref(args),
@@ -256,7 +278,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         device=args.device,
         coop_templates=args.coop_template,
         data=_data_settings(args),
-        request=_read_request(args.request),
+        request=args.request,
         protocol=args.protocol,
     )
 
@@ -359,6 +381,16 @@ def _run_train(args: argparse.Namespace) -> None:
     _check_seed(args.seed)
     _set_threads(args.threads)
     settings = {key: getattr(args, key) for key in (*ADAPTER_KEYS, *TRAINING_KEYS)}
+    if args.request is not None:
+        asked = args.request.get("hyperparameters") or {}
+        shown = {key: str(value) if key == "k" else value for key, value in settings.items() if key in asked}
+        _check_request(
+            {**args.request, "hyperparameters": {key: str(asked[key]) if key == "k" else asked[key] for key in shown},
+             "iterations": asked.get("iterations_per_shot", 0) * args.request.get("shots", 0)},
+            {**_common_request_flags(args), "method": args.name or args.method, "family": args.method,
+             "seed": args.seed, "hyperparameters": shown, "iterations": args.iterations,
+             "device": f"--device {args.device}"},
+        )  # fmt: skip
     adapter = adapter_config(args.method, settings)
     settings = finetune_settings(settings, args.iterations, args.template)
     spec = TrainSpec(
@@ -371,7 +403,7 @@ def _run_train(args: argparse.Namespace) -> None:
         name=args.name or args.method,
         zero_shot_runs=args.zero_shot,
         projector=args.projector,
-        request=_read_request(args.request),
+        request=args.request,
     )
     _run_stoppable(
         args.out_dir,
@@ -439,19 +471,23 @@ def _run_prompt(args: argparse.Namespace) -> None:
     from .experiment import Backbone, PromptSpec, learn_prompts_and_evaluate
 
     _check_seed(args.seed)
+    settings = _family_settings_argument(args.family, args.settings)
+    flags = {"method": args.name or args.family, "family": args.family, "seed": args.seed,
+             "coop_templates": args.coop_template, "hyperparameters": json.loads(args.settings)}  # fmt: skip
+    _check_request(args.request, {**_common_request_flags(args), **flags, "device": f"--device {args.device}"})
     _set_threads(args.threads)
     spec = PromptSpec(
         dataset=_dataset_ref(args),
         few_shot_file=args.few_shot,
         backbone=Backbone(args.model, args.pretrained),
         family=args.family,
-        settings=_family_settings_argument(args.family, args.settings),
+        settings=settings,
         seed=args.seed,
         zero_shot_run=args.zero_shot,
         name=args.name or args.family,
         template=args.template,
         coop_templates=args.coop_template,
-        request=_read_request(args.request),
+        request=args.request,
     )
     _run_stoppable(
         args.out_dir,
@@ -540,13 +576,7 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="the study's prompt template")
     parser.add_argument("--coop-template", action="append", default=[], help="CoOp's prompt(s) for the dataset")
     parser.add_argument("--out-root", type=Path, required=True, help="the method's folder: shots<k>/seed<s>/")
-    parser.add_argument(
-        "--request",
-        type=Path,
-        action="append",
-        default=[],
-        help="what the workflow asked for one k-shot split (JSON, recorded as is; one per --few-shot, same order)",
-    )
+    _add_request_argument(parser, repeatable=True)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
 
@@ -555,8 +585,12 @@ def _run_fit(args: argparse.Namespace) -> None:
     from .fitting import FitSpec, fit_and_evaluate
     from .runrecord import Backbone
 
-    _set_threads(args.threads)
     settings = _family_settings_argument(args.family, args.settings)
+    for request in args.request:
+        _check_request(request, {**_common_request_flags(args), "method": args.name or args.family,
+                                 "family": args.family, "coop_templates": args.coop_template,
+                                 "hyperparameters": json.loads(args.settings)})  # fmt: skip
+    _set_threads(args.threads)
     spec = FitSpec(
         dataset=DatasetRef(args.dataset, args.data, args.split_file),
         name=args.name or args.family,
@@ -569,7 +603,7 @@ def _run_fit(args: argparse.Namespace) -> None:
         model_metadata=args.model_metadata,
         template=args.template,
         coop_templates=args.coop_template,
-        requests=[_read_request(path) for path in args.request],
+        requests=args.request,
     )
     start = time.perf_counter()
     runs = fit_and_evaluate(spec, args.out_root)
@@ -586,11 +620,9 @@ def _add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, help="published numbers to show beside ours (Table 3 CSV)")
     parser.add_argument(
         "--requests",
-        nargs="+",
         type=Path,
-        default=[],
-        help="what the workflow asked of each run (one request file per metrics file, same order): a run that "
-        "answers another request is refused as stale",
+        help="what the workflow asks of each run (a JSON file: metrics file -> request): a run that answers "
+        "another request is refused as stale",
     )
     parser.add_argument(
         "--model-metadata", type=Path, help="metadata.json of the weights artifact: every run must come from it"
@@ -800,19 +832,44 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# How a full disk shows through the writers complora uses: OSError, safetensors (Rust's io error), torch.save.
+DISK_FULL_SIGNS = ("No space left on device", "os error 28", "file write failed")
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return any(sign in str(error) for sign in DISK_FULL_SIGNS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv and argv[0] in VERBS else None
-    args = build_parser(verb).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        args = build_parser(verb).parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         VERBS[args.verb][2](args)
     except ComploraError as error:
-        print(f"complora {args.verb}: error: {error}", file=sys.stderr)
+        print(f"complora {verb}: error: {error}", file=sys.stderr)
         return 2
     except JobStopped as stopped:
-        print(f"complora {args.verb}: {stopped}", file=sys.stderr)
+        print(f"complora {verb}: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    except KeyboardInterrupt:
+        # Before a verb installs its own handling (imports, set-up): outputs are written atomically, so
+        # nothing that looks finished is left.
+        print(f"complora {verb}: interrupted; nothing finished was written: rerun the same command", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        where = getattr(error, "filename", None) or "its outputs"
+        print(
+            f"complora {verb}: error: no space left on device while writing {where}; free space and rerun "
+            "(nothing half-written was left)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

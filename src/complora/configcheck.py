@@ -7,6 +7,8 @@ what would be accepted, so a bad config stops a run before any job starts.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +93,25 @@ def _describe(error: Any) -> str:
     return error.message
 
 
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's settings, or one error naming the file (and, for bad YAML, the line) and the fix."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ComploraError(f"config file {path} cannot be read ({error.strerror}); check the path") from None
+    try:
+        settings = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ComploraError(f"config file {path}{where}: {problem}; fix the YAML there") from None
+    if not isinstance(settings, dict):
+        kind = "empty" if settings is None else f"a {type(settings).__name__}"
+        raise ComploraError(f"config file {path} is {kind}; it must map setting names to values (key: value)")
+    return settings
+
+
 def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return yaml.safe_load(Path(path).read_text())
@@ -122,6 +143,52 @@ def _dataset_problems(config: dict[str, Any], known: Sequence[str]) -> list[str]
     return problems
 
 
+# The adapted matrices of a tower are width x width (attention projections): their rank.
+ADAPTER_FAMILIES = ("lora", "complora")
+
+
+def architecture_config(model: str) -> dict[str, Any] | None:
+    """An open_clip architecture's JSON config, read without importing open_clip (or torch): complora's own
+    configs, open_clip's shipped ones, or a JSON file. None where it cannot be found (the weights job says so)."""
+    candidates = [Path(model), Path(__file__).parent / "model_configs" / f"{model}.json"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(spec.submodule_search_locations[0]) / "model_configs" / f"{model}.json")
+    for candidate in candidates:
+        if candidate.suffix == ".json" and candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def _matrix_problems(config: dict[str, Any]) -> list[str]:
+    """Adapter settings the backbone's matrices cannot hold: a rank or a Comp-LoRA k above a matrix's rank
+    (refused here, before a job fails on them)."""
+    architecture = architecture_config(str((config.get("backbone") or {}).get("model")))
+    methods = config.get("methods") or []
+    if architecture is None:
+        return []
+    problems = []
+    for name, entry in (config.get("hyperparameters") or {}).items():
+        if name not in methods or not isinstance(entry, dict) or entry.get("family") not in ADAPTER_FAMILIES:
+            continue
+        widths = {tower: (architecture.get(f"{tower}_cfg") or {}).get("width") for tower in entry.get("towers") or []}
+        widths = {tower: width for tower, width in widths.items() if isinstance(width, int)}
+        if not widths:
+            continue
+        tower, width = min(widths.items(), key=lambda item: item[1])
+        for key in ("rank", "k"):
+            value = entry.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > width:
+                problems.append(
+                    f"  - hyperparameters.{name}.{key}: {value} is above the rank of the {tower} tower's matrices "
+                    f"({width} x {width} in {config['backbone']['model']}); choose {width} or less"
+                )
+    return problems
+
+
 def check_config(
     config: dict[str, Any], schema: dict[str, Any], source: str = "config", datasets: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -141,6 +208,8 @@ def check_config(
         lines += _dataset_problems(config, datasets)
     if "methods" in schema.get("properties", {}):
         lines += method_problems(config)
+    if not errors and "backbone" in schema.get("properties", {}):
+        lines += _matrix_problems(config)
     if lines:
         raise ComploraError(f"{source} is not a valid experiment config:\n" + "\n".join(lines))
     return config

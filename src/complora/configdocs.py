@@ -26,11 +26,12 @@ The workflow checks the config against the schema before any job starts: a wrong
 it with one message naming every problem (`hyperparameters.lora.rank: 0 is too small; it must be >= 1`).
 Keys left out take the defaults below.
 
-Changing a key redoes the jobs whose request it changes: each job records what it was asked for
-(`resources/requests/`), and whatever was made with other settings is redone, with or without Snakemake's
-job records (`dvc pull`, `dvc exp run`; the README's "What decides that a job is done"). How many GPUs a
-job asks for is a key (`gpus_per_training_job`); the other runtime settings (cores, how many jobs share
-the GPUs, the cluster, checkpoints) are not, and live in the Snakemake profiles (`profiles/`).
+Changing a key redoes the jobs whose request it changes: each job records what it was asked for (a run
+in its `metrics.json`, an artifact in its seal), and whatever was made with other settings is redone, with
+or without Snakemake's job records (`dvc pull`, `dvc exp run`; the README's "What decides that a job is
+done"). How many GPUs a job asks for is a key (`gpus_per_training_job`); the other runtime settings
+(cores, how many jobs share the GPUs, the cluster, checkpoints) are not, and live in the Snakemake profiles
+(`profiles/`).
 """
 
 METHODS_TEXT = """\

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .artifacts import verify_artifact
 from .errors import ComploraError
 
 # Architectures shipped with complora (e.g. the demo's tiny CLIP), made known to open_clip on import.
@@ -49,6 +50,9 @@ def load_clip(
     if name not in open_clip.list_models():
         raise ComploraError(f"model {name!r} is not an open_clip architecture; see open_clip.list_models()")
     weights = None if pretrained == NO_WEIGHTS else pretrained
+    if weights is not None and Path(weights).is_file():
+        # A weights artifact's checkpoint and metadata.json are what its job made, or the job stops here.
+        verify_artifact(Path(weights).parent, what="pretrained model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

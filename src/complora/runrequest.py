@@ -1,18 +1,17 @@
 """What the workflow asks each job for, and whether what the job made still answers it (torch-free: the
-workflow reads this module at parse time).
+workflow reads this module at parse time, and writes nothing then).
 
 A job's *request* (for a run: its method, family, hyperparameters, prompt, backbone, code fingerprint...;
-for an artifact such as a split or the projector: the settings and code that make it) is written by the
-workflow to ``resources/requests/``. A run records its request verbatim in its metrics.json; an artifact
-job copies it beside its output when it succeeds (``<artifact>.request.json``, versioned with it by DVC).
-What a job made is *stale* when the request it answered differs from today's, or, for a run, when the
-k-shot split or the weights it records are not today's.
+for an artifact such as a split or the projector: the settings and code that make it) is computed by the
+workflow and handed to the job on its command line. A run records it verbatim in its metrics.json; an
+artifact job seals its artifact with it (complora.artifacts). A request names its inputs by their
+requests' digests, so a change upstream changes every request downstream.
 
-Snakemake decides what to redo from file times and from its job records in ``.snakemake/``; a fresh clone
-after ``dvc pull`` and a ``dvc exp run`` copy have no records, and their files' times follow the checkout
-order. So the workflow marks every input but the request ``ancient`` (its time never triggers a job) and
-the request file's time carries the verdict: the epoch while what was made answers it, now while it does
-not. A job whose inputs are remade still runs again (Snakemake redoes what depends on a job it runs).
+What a job made is *stale* when the request it answered differs from today's, when (for a run) the k-shot
+split or the weights it records are not today's, or when it is damaged or unfinished. The verdict is read
+from the files themselves, never from file times or Snakemake's records in ``.snakemake/``, so a fresh
+clone after ``dvc pull`` and a ``dvc exp run`` copy judge alike; the workflow makes Snakemake redo a stale
+job by giving it one more input that a job of this invocation makes (a redo marker).
 """
 
 from __future__ import annotations
@@ -23,23 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path
-from .data.splits import file_sha256
+from .artifacts import damage, file_sha256, read_seal, seal_path
 from .errors import ComploraError
-
-REQUESTS_DIR = "resources/requests"
-RESULTS_DIR = "results"
-# The time of what answers its request: older than anything made, so Snakemake's time comparison leaves
-# it alone (1, not 0: Snakemake skips the comparison when a job's oldest output has time 0).
-ANSWERED = 1
-
-
-def request_path(metrics: str | os.PathLike[str]) -> str:
-    """The request of the run whose metrics file is ``metrics``: results/runs/<run>/metrics.json →
-    resources/requests/<run>.json (results/<study>/runs/<run>/metrics.json → resources/requests/<study>/<run>.json)."""
-    parts = list(Path(metrics).relative_to(RESULTS_DIR).parent.parts)
-    parts.remove("runs")
-    return f"{REQUESTS_DIR}/{Path(*parts)}.json"
 
 
 def canonical(request: dict[str, Any]) -> str:
@@ -116,71 +100,33 @@ def stale_reasons(
     return reasons
 
 
-def _time_verdict(path: Path, stale: bool, answered: Path | None = None) -> None:
-    """Stale: the request becomes newer than what was made, so Snakemake redoes the job. Answered: the
-    request and the job's record of it (the time its consumers see) take the epoch, whatever order a
-    checkout wrote them in."""
-    if stale:
-        os.utime(path)
-        return
-    for timed in (path, answered):
-        if timed is not None and timed.exists() and timed.stat().st_mtime != ANSWERED:
-            os.utime(timed, (ANSWERED, ANSWERED))
-
-
-def write_request(path: Path, request: dict[str, Any]) -> None:
-    """The request file, rewritten only when its content changes."""
-    text = canonical(request)
-    if not path.is_file() or path.read_text() != text:
-        with atomic_path(path) as temporary:
-            temporary.write_text(text)
-
-
-def answered_path(artifact: str, directory: bool) -> str:
-    """Where an artifact job records the request it answered: beside the folder, or the file's name with
-    ``.request.json`` for its extension."""
-    if directory:
-        return f"{artifact}.request.json"
-    return str(Path(artifact).with_suffix(".request.json"))
-
-
-def settle_artifact(
-    request_file: str | os.PathLike[str], request: dict[str, Any], answered_file: str | os.PathLike[str]
-) -> list[str]:
-    """Write an artifact job's request (if it changed) and judge the request its artifact answered (None
-    recorded: the job runs anyway, its record being one of its outputs). Returns why the artifact is stale."""
-    path = Path(request_file)
-    write_request(path, request)
-    answered = Path(answered_file)
-    if not answered.exists():
-        return []
-    recorded = read_json(answered)
-    reasons = differences(recorded, request) if isinstance(recorded, dict) else ["its request record is unreadable"]
-    _time_verdict(path, bool(reasons), answered)
-    return reasons
-
-
-def settle_run(
-    request_file: str | os.PathLike[str],
+def run_verdict(
     request: dict[str, Any],
     metrics_file: str | os.PathLike[str],
     split_sha256: str | None,
     weights_sha256: str | None,
-    answered_file: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Write a job's request (if it changed) and judge the run at ``metrics_file`` against it and today's
-    split and weights (None: not there yet). Returns why the run is stale ([] when it answers the request or
-    does not exist); sets the request file's time so that Snakemake redoes exactly the stale runs.
-    ``answered_file``: the job's copy of its request, where other runs consume its metrics (zero-shot)."""
-    path = Path(request_file)
-    write_request(path, request)
+    """Why the run at ``metrics_file`` does not answer ``request`` with today's split and weights (None: not
+    there yet); [] when it does or when nothing was finished (the job runs anyway)."""
     metrics = Path(metrics_file)
     if not metrics.exists():
-        return []  # nothing finished: the job runs anyway
+        return []
     run = read_json(metrics)
-    if isinstance(run, dict):
-        reasons = stale_reasons(run, request, split_sha256=split_sha256, weights_sha256=weights_sha256)
-    else:
-        reasons = ["its metrics.json is not a JSON object"]
-    _time_verdict(path, bool(reasons), Path(answered_file) if answered_file else None)
-    return reasons
+    if not isinstance(run, dict):
+        return ["its metrics.json is damaged (not a JSON object)"]
+    return stale_reasons(run, request, split_sha256=split_sha256, weights_sha256=weights_sha256)
+
+
+def artifact_verdict(request: dict[str, Any], artifact: str | os.PathLike[str], deep: bool = True) -> list[str]:
+    """Why ``artifact`` does not answer ``request``: another request, no seal (an unfinished job), or (with
+    ``deep``) files other than its seal records. [] when it answers it, or when neither it nor its seal
+    exists."""
+    path = Path(artifact)
+    if not path.exists() and not seal_path(path).exists():
+        return []
+    if not seal_path(path).exists():
+        return ["it was never sealed (its job did not finish, or an older complora made it)"]
+    record = read_seal(path)
+    if record is None:
+        return ["its seal is unreadable"]
+    return differences(record["request"], request) or (damage(path, record) if deep else [])

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .adapters.config import AdapterConfig, KSpec, parse_k, resolve_k
 from .adapters.sites import adapted_matrices
+from .artifacts import verify_file
 from .atomic import write_json
 from .errors import ComploraError
 from .fingerprint import tensors_sha256, weights_sha256
@@ -168,6 +169,7 @@ def load_projector(path: str | os.PathLike[str]) -> Projector:
     path = Path(path)
     if not path.is_file():
         raise ProjectorError(f"projector file {path} does not exist; build it with `complora projector`")
+    verify_file(path, what="projector")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -2,15 +2,30 @@
 # against what the config asks of it today). The outputs marked report() make `snakemake --report`.
 
 
+# Every run's request in one file (written when a job runs, never while parsing): what `complora aggregate`
+# checks each run against, so that the tables never show a run made with other settings.
+rule run_requests:
+    input:
+        redo=redo_marker(REQUESTS_FILE),
+    output:
+        REQUESTS_FILE,
+    params:
+        requests=STUDY_REQUESTS,
+    localrule: True
+    log:
+        f"logs/{split_key()}run_requests.log",
+    run:
+        write_json(output[0], params.requests)
+
+
 rule aggregate:
     input:
-        metrics=TABLE_METRICS,
-        requests=REQUESTS,
-        # Ancient: the tables' request names the published numbers by content; the weights are checked run by
-        # run. The runs' metrics are not ancient, so the tables follow every run redone.
+        metrics=ancient_all(TABLE_METRICS),
+        requests=ancient(REQUESTS_FILE),
         model=ancient(MODEL_DIR),
-        reference=[ancient(config["reference_table"])] if config["reference_table"] else [],
-        request=artifact_request_file(aggregate_job()),
+        # The tables' request names the published numbers by content.
+        reference=ancient_all([config["reference_table"]] if config["reference_table"] else []),
+        redo=redo_marker(TABLES),
     output:
         runs_csv=f"{RESULTS}/tables/runs.csv",
         runs=table_report(f"{RESULTS}/tables/runs.html", "runs_table", "Runs", "every run"),
@@ -50,18 +65,19 @@ rule aggregate:
         else [],
         summary=f"{RESULTS}/summary.md",
         metrics=f"{RESULTS}/metrics.json",
+        seal=str(seal_path(TABLES)),
     conda:
         "../envs/complora.yaml"
     params:
         code=CODE["aggregate"],
-        reference=lambda wildcards, input: f"--reference {input.reference}" if input.reference else "",
-        compare=f"--compare-to {COMPARE_TO} --level {config['comparisons']['level']}",
-        # Its record is no output: dated to the epoch while answered, it would make the tables look older
-        # than the runs they are made of (the runs' metrics are the tables' inputs, not ancient).
-        answered=aggregate_job()[2],
-        out=lambda wildcards, output: Path(output.summary).parent,
+        reference=lambda wildcards, input: repeated_flag("--reference", input.reference),
+        compare=f"--compare-to {shlex.quote(COMPARE_TO)} --level {config['comparisons']['level']}",
+        out=lambda wildcards, output: shlex.quote(str(Path(output.summary).parent)),
+        tables=lambda wildcards, output: shlex.quote(str(Path(output.runs_csv).parent)),
+        request=request_flag(aggregate_request()),
     log:
         f"logs/{split_key()}aggregate.log",
     shell:
-        "complora aggregate {input.metrics} --requests {input.requests} --model-metadata {input.model}/metadata.json"
-        " {params.reference} {params.compare} --out {params.out} > {log} 2>&1 && cp {input.request} {params.answered}"
+        "complora aggregate {input.metrics:q} --requests {input.requests:q}"
+        " --model-metadata {input.model:q}/metadata.json {params.reference} {params.compare} --out {params.out}"
+        " > {log} 2>&1 && complora-seal {params.tables} {params.request}"

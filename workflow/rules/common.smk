@@ -2,6 +2,7 @@
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -14,20 +15,13 @@ from complora.demo.tasks import TASKS
 from complora.errors import ComploraError
 from complora.methods.families import ADAPTER, FEATURE, PROMPT, store_views, views_needed
 from complora.methods.registry import study_methods
-from complora.runrequest import (
-    REQUESTS_DIR,
-    answered_path,
-    digest,
-    read_json,
-    request_path,
-    settle_artifact,
-    settle_run,
-    sha256_if_present,
-)
+from complora.artifacts import seal_path
+from complora.atomic import write_json
+from complora.runrequest import artifact_verdict, digest, read_json, run_verdict, sha256_if_present
 from complora.sourcehash import source_fingerprint
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-CONFIG_SOURCE = ", ".join(str(path) for path in workflow.configfiles) or "the config"
+CONFIG_SOURCE = ", ".join([BASE_CONFIG, *(str(path) for path in workflow.configfiles)])
 
 try:
     REGISTRY = load_registry(config.get("data", {}).get("registry"))
@@ -86,9 +80,6 @@ CUSTOM = config["custom_datasets"]
 ALL_DATASETS = sorted(set(DATASETS) | set(config["retention_datasets"]))
 NOTHING = "(?!x)x"  # a wildcard pattern that matches no name
 EVAL_CACHE = config["data"]["eval_cache"]
-if not EVAL_CACHE:
-    # dvc.yaml declares the caches' folder whatever the config, and DVC refuses an output that is missing.
-    Path("resources/evalcache").mkdir(parents=True, exist_ok=True)
 # The libraries that decide decoded pixels (from the package metadata: no torch import here); a new version
 # rebuilds the evaluation caches.
 IMAGE_LIBRARIES = library_versions()
@@ -122,7 +113,16 @@ def benchmark_templates(dataset):
 
 def coop_template_flags(dataset):
     """CoOp's prompts as flags: their accuracy is recorded beside the single-prompt accuracy."""
-    return " ".join(f"--coop-template {shlex.quote(template)}" for template in benchmark_templates(dataset))
+    return repeated_flag("--coop-template", benchmark_templates(dataset))
+
+
+def repeated_flag(flag, values):
+    """``flag value`` for each value, quoted for the shell (user input never reaches it unquoted)."""
+    return " ".join(f"{flag} {shlex.quote(str(value))}" for value in values)
+
+
+def request_flag(request):
+    return f"--request {shlex.quote(json.dumps(request, sort_keys=True))}"
 
 
 def device_flag(gpus):
@@ -150,16 +150,11 @@ def eval_caches(datasets):
 
 
 def eval_cache_flag(dataset):
-    return f"--eval-cache {eval_cache_dir(dataset)}" if EVAL_CACHE else ""
+    return f"--eval-cache {shlex.quote(eval_cache_dir(dataset))}" if EVAL_CACHE else ""
 
 
 def zero_shot_metrics(dataset):
     return f"{RESULTS}/runs/{dataset}/{ZERO_SHOT}/metrics.json"
-
-
-def zero_shot_answered(dataset):
-    """The zero-shot job's copy of its request: what the runs that read its accuracy wait on."""
-    return answered_path(zero_shot_metrics(dataset), directory=False)
 
 
 def split_path(dataset, shots, seed):
@@ -186,41 +181,40 @@ def method_flags(method):
     flags = []
     for name, value in sorted(settings.items()):
         values = value if isinstance(value, list) else [value]
-        flags.append(f"--{name.replace('_', '-')} " + " ".join(str(item) for item in values))
+        flags.append(f"--{name.replace('_', '-')} " + " ".join(shlex.quote(str(item)) for item in values))
     return " ".join(flags)
 
 
+def ancient_all(paths):
+    """Inputs whose time never triggers a job: the verdict reads their records (judge() below)."""
+    return [ancient(path) for path in paths]
+
+
 def train_inputs(wildcards):
-    """The inputs are ancient (complora.runrequest): their time never triggers a run; the request and the
-    records of the artifacts read (``records``) carry it."""
+    made = run_dir(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed)
     datasets = [wildcards.dataset, *retention_datasets(wildcards.dataset)]
     inputs = {
         "data": ancient(dataset_dir(wildcards.dataset)),
         "model": ancient(MODEL_DIR),
         "split": ancient(split_path(wildcards.dataset, wildcards.shots, wildcards.seed)),
-        "zero_shot": [ancient(zero_shot_metrics(d)) for d in datasets],
-        "eval_caches": [ancient(path) for path in eval_caches(datasets)],
-        "request": run_request_file(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed),
+        "zero_shot": ancient_all(zero_shot_metrics(d) for d in datasets),
+        "eval_caches": ancient_all(eval_caches(datasets)),
+        "redo": redo_marker(made),
     }
-    projector = METHODS[wildcards.method].spec.needs_projector
-    if projector:
+    if METHODS[wildcards.method].spec.needs_projector:
         inputs["projector"] = ancient(PROJECTOR)
-    split = [(wildcards.shots, wildcards.seed)]
-    inputs["records"] = upstream_records(wildcards.dataset, split, datasets, datasets, projector)
     return inputs
 
 
 def prompt_inputs(wildcards):
     """A prompt-learning run's inputs: its dataset's alone (the towers stay the pretrained ones: no retention)."""
-    split = [(wildcards.shots, wildcards.seed)]
     return {
         "data": ancient(dataset_dir(wildcards.dataset)),
         "model": ancient(MODEL_DIR),
         "split": ancient(split_path(wildcards.dataset, wildcards.shots, wildcards.seed)),
         "zero_shot": ancient(zero_shot_metrics(wildcards.dataset)),
-        "eval_caches": [ancient(path) for path in eval_caches([wildcards.dataset])],
-        "request": run_request_file(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed),
-        "records": upstream_records(wildcards.dataset, split, [wildcards.dataset], [wildcards.dataset]),
+        "eval_caches": ancient_all(eval_caches([wildcards.dataset])),
+        "redo": redo_marker(run_dir(wildcards.dataset, wildcards.method, wildcards.shots, wildcards.seed)),
     }
 
 
@@ -247,9 +241,6 @@ def coop_templates(dataset):
 # (view i is the same whatever the count, so a method reading fewer sees the same views).
 STORE_VIEWS = store_views([views_needed(METHODS[name].family, METHODS[name].settings) for name in FEATURE_METHODS])
 FEATURE_DATASETS = sorted({dataset for name in FEATURE_METHODS for dataset in method_datasets(name)})
-if not FEATURE_DATASETS:
-    # dvc.yaml declares the store's folder whatever the config, and DVC refuses an output that is missing.
-    Path(f"{STUDY_RESOURCES}/features").mkdir(parents=True, exist_ok=True)
 COMPLORA_METHODS = [method for method in METHODS.values() if method.family == "complora"]
 # The projector holds the bases of every matrix any Comp-LoRA method adapts, up to k = 64 or the largest k
 # asked for: a variant with k <= 64 leaves it, and every other Comp-LoRA run, alone.
@@ -268,7 +259,6 @@ RUN_METRICS = [
 TABLE_METRICS = (
     [zero_shot_metrics(dataset) for dataset in DATASETS] if ZERO_SHOT in config["methods"] else []
 ) + RUN_METRICS
-REQUESTS = [request_path(path) for path in TABLE_METRICS]
 
 
 # The aggregation's outputs shown by `snakemake --report`, with their caption, category and labels.
@@ -286,20 +276,19 @@ def figure_report(path, caption, category, figure, dataset="average", shots="all
 COMPARE_TO = config["comparisons"]["reference"]
 
 
-# What each job is asked for (complora.runrequest): written to resources/requests/, recorded by the job in its
-# metrics.json. A finished run whose record differs (or whose split or weights are not today's) is redone,
-# with or without Snakemake's job records: a fresh clone after `dvc pull` and a `dvc exp run` copy lack them.
+# What each job is asked for (complora.runrequest): computed here, handed to the job on its command line,
+# recorded by the job (a run in its metrics.json, an artifact in its seal). Nothing is written while the
+# workflow is parsed. A request names its inputs by their requests' digests, so a change upstream changes
+# every request downstream.
 BACKBONE_REQUEST = {"model": BACKBONE, "pretrained": CHECKPOINT}
 
 
-# A job's request names its inputs by their requests' digests: every input but the request is ancient, so a
-# change upstream reaches the jobs downstream through their requests.
 def evaluation_inputs(datasets):
     """What decides the test pixels a job evaluates: the image libraries (where a job decodes the images
     itself) and, with the evaluation caches, each cache's request."""
     inputs = {"libraries": IMAGE_LIBRARIES}
     if EVAL_CACHE:
-        inputs["eval_caches"] = {name: digest(eval_cache_job(name)[1]) for name in datasets}
+        inputs["eval_caches"] = {name: digest(eval_cache_request(name)) for name in datasets}
     return inputs
 
 
@@ -307,14 +296,14 @@ def zero_shot_request(dataset):
     return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"], "protocol": PROTOCOL,
             "coop_templates": benchmark_templates(dataset), "backbone": BACKBONE_REQUEST,
             "device": device_flag(ZERO_SHOT_GPUS), "code": CODE["evaluate"],
-            "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]),
+            "inputs": {"data": data_digest(dataset), "model": digest(model_request()),
                        **evaluation_inputs([dataset])}}  # fmt: skip
 
 
 def run_request(dataset, method, shots, seed):
     spec = METHODS[method]
-    inputs = {"data": data_digest(dataset), "model": digest(model_job()[1]),
-              "split": digest(split_job(dataset, shots, seed)[1])}  # fmt: skip
+    inputs = {"data": data_digest(dataset), "model": digest(model_request()),
+              "split": digest(split_request(dataset, shots, seed))}  # fmt: skip
     request = {"dataset": dataset, "method": method, "family": spec.family, "shots": shots, "seed": seed,
                "hyperparameters": spec.settings, "template": config["prompt_template"],
                "backbone": BACKBONE_REQUEST}  # fmt: skip
@@ -331,188 +320,251 @@ def run_request(dataset, method, shots, seed):
                     "code": CODE["evaluate"]}  # fmt: skip
         if spec.spec.needs_projector:
             request["projector"] = {"k_max": PROJECTOR_K, "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS}
-            inputs["projector"] = digest(projector_job()[1])
+            inputs["projector"] = digest(projector_request())
     else:
-        inputs |= {"zero_shot": digest(zero_shot_request(dataset)), "features": digest(features_job(dataset)[1])}
+        inputs |= {"zero_shot": digest(zero_shot_request(dataset)), "features": digest(features_request(dataset))}
         request |= {"coop_templates": coop_templates(dataset), "code": FIT_CODE[method]}
     return request | {"inputs": inputs}
 
 
-# Artifacts answer requests too: each job copies its request beside what it made when it succeeds.
-def artifact_request(rule_name, key, request):
-    return f"{REQUESTS_DIR}/{rule_name}/{key}.json", {"rule": rule_name, **request}
+def world_request():
+    return {"rule": "demo_world", "code": CODE["demo_world"], "world": config["demo"]["world"]}
 
 
-def world_job():
-    request = {"code": CODE["demo_world"], "world": config["demo"]["world"]}
-    return (*artifact_request("demo_world", "world", request), answered_path(WORLD, directory=True))
+def weights_file_sha256():
+    """A local checkpoint counts by its content: replaced at the same path, it is a new model."""
+    return sha256_if_present(PRETRAINED) if Path(PRETRAINED).is_file() else None
 
 
-def model_job():
+def model_request():
     if DEMO_WEIGHTS:
-        name, request = "demo_pretrain", {"code": CODE["demo_pretrain"], "pretraining": config["demo"]["pretraining"]}
-        request["inputs"] = {"world": digest(world_job()[1])}
-    else:
-        name, request = "pretrained_weights", {"code": CODE["weights"], "model": BACKBONE, "pretrained": PRETRAINED}
-    return (*artifact_request(name, BACKBONE_ID, request), answered_path(MODEL_DIR, directory=True))
+        return {"rule": "demo_pretrain", "code": CODE["demo_pretrain"], "pretraining": config["demo"]["pretraining"],
+                "inputs": {"world": digest(world_request())}}  # fmt: skip
+    return {"rule": "pretrained_weights", "code": CODE["weights"], "model": BACKBONE, "pretrained": PRETRAINED,
+            "pretrained_sha256": WEIGHTS_FILE_SHA256}  # fmt: skip
 
 
-def dataset_job(dataset):
+def custom_content(dataset):
+    """What a custom dataset is made of: its image files (names and sizes) and its split and class-name
+    files (sha256), so that an edit re-prepares it and everything made from it."""
+    entry = CUSTOM[dataset]
+    images = Path(entry["images"])
+    files = sorted(
+        (path.relative_to(images).as_posix(), path.stat().st_size) for path in images.rglob("*") if path.is_file()
+    ) if images.is_dir() else []  # fmt: skip
+    return {"images": digest({"files": files}), "image_count": len(files),
+            "split_file": sha256_if_present(entry["split_file"]) if entry["split_file"] else None,
+            "classnames": sha256_if_present(entry["classnames"]) if entry["classnames"] else None}  # fmt: skip
+
+
+def dataset_request(dataset):
     if dataset in CUSTOM:
-        request = {"code": CODE["dataset"], "custom": CUSTOM[dataset]}
-    else:
-        # Downloads are verified by checksum wherever they are cached; the registry counts by its content.
-        registry = config["data"]["registry"]
-        request = {"code": CODE["dataset"], "root": config["data"]["root"],
-                   "registry": sha256_if_present(registry) if registry else None}  # fmt: skip
-    path, request = artifact_request("dataset", dataset, request)
-    return path, request, answered_path(f"resources/data/{dataset}", directory=True)
+        return {"rule": "dataset", "code": CODE["dataset"], "custom": CUSTOM[dataset], "content": CUSTOM_CONTENT[dataset]}
+    # Downloads are verified by checksum wherever they are cached; the registry counts by its content.
+    registry = config["data"]["registry"]
+    return {"rule": "dataset", "code": CODE["dataset"], "root": config["data"]["root"],
+            "registry": sha256_if_present(registry) if registry else None}  # fmt: skip
 
 
-def data_job(dataset):
-    """The job that made a dataset's folder: the demo world's, for a demo task."""
-    return world_job() if is_demo(dataset) else dataset_job(dataset)
+def data_request(dataset):
+    """The request of the job that made a dataset's folder: the demo world's, for a demo task."""
+    return world_request() if is_demo(dataset) else dataset_request(dataset)
 
 
 def data_digest(dataset):
-    return digest(data_job(dataset)[1])
+    return digest(data_request(dataset))
 
 
 def split_key():
-    """The requests' key prefix of the artifacts made per protocol (k-shot splits, feature stores)."""
+    """The log prefix of the artifacts made per protocol (k-shot splits, feature stores)."""
     return "base_to_new/" if BASE_TO_NEW else ""
 
 
-def split_job(dataset, shots, seed):
-    request = {"code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset), "protocol": PROTOCOL,
-               "inputs": {"data": data_digest(dataset)}}  # fmt: skip
-    path, request = artifact_request("few_shot_split", f"{split_key()}{dataset}/shots{shots}_seed{seed}", request)
-    return path, request, answered_path(split_path(dataset, shots, seed), directory=False)
+def split_request(dataset, shots, seed):
+    return {"rule": "few_shot_split", "code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset),
+            "protocol": PROTOCOL, "dataset": dataset, "shots": int(shots), "seed": int(seed),
+            "inputs": {"data": data_digest(dataset)}}  # fmt: skip
 
 
-def projector_job():
-    request = {"code": CODE["projector"], "backbone": BACKBONE_REQUEST, "k_max": PROJECTOR_K,
-               "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS, "inputs": {"model": digest(model_job()[1])}}  # fmt: skip
-    return (*artifact_request("projector", BACKBONE_ID, request), answered_path(PROJECTOR, directory=False))
+def projector_request():
+    return {"rule": "projector", "code": CODE["projector"], "backbone": BACKBONE_REQUEST, "k_max": PROJECTOR_K,
+            "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS, "inputs": {"model": digest(model_request())}}  # fmt: skip
 
 
-def eval_cache_job(dataset):
-    request = {"code": CODE["eval_cache"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
-               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1])}}  # fmt: skip
-    path, request = artifact_request("eval_cache", f"{dataset}/{BACKBONE_ID}", request)
-    return path, request, answered_path(eval_cache_dir(dataset), directory=True)
+def eval_cache_request(dataset):
+    return {"rule": "eval_cache", "code": CODE["eval_cache"], "backbone": BACKBONE_REQUEST,
+            "libraries": IMAGE_LIBRARIES, "dataset": dataset,
+            "inputs": {"data": data_digest(dataset), "model": digest(model_request())}}  # fmt: skip
 
 
-def features_job(dataset):
-    splits = [digest(split_job(dataset, k, s)[1]) for k in SHOTS for s in SEEDS]
-    request = {"code": CODE["features"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
-               "shots": SHOTS, "seeds": SEEDS, "views": STORE_VIEWS,
-               "templates": list(dict.fromkeys([config["prompt_template"], *coop_templates(dataset)])),
-               "device": device_flag(ZERO_SHOT_GPUS),
-               "inputs": {"data": data_digest(dataset), "model": digest(model_job()[1]), "splits": splits,
-                          **evaluation_inputs([dataset])}}  # fmt: skip
-    path, request = artifact_request("features", f"{split_key()}{dataset}/{BACKBONE_ID}", request)
-    return path, request, answered_path(features_dir(dataset), directory=True)
+def features_request(dataset):
+    splits = [digest(split_request(dataset, k, s)) for k in SHOTS for s in SEEDS]
+    return {"rule": "features", "code": CODE["features"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
+            "dataset": dataset, "shots": SHOTS, "seeds": SEEDS, "views": STORE_VIEWS,
+            "templates": list(dict.fromkeys([config["prompt_template"], *coop_templates(dataset)])),
+            "device": device_flag(ZERO_SHOT_GPUS),
+            "inputs": {"data": data_digest(dataset), "model": digest(model_request()), "splits": splits,
+                       **evaluation_inputs([dataset])}}  # fmt: skip
 
 
-def aggregate_job():
+def aggregate_request():
     """The tables' request: the runs they are made of, the comparisons' settings, the published numbers."""
     table = config["reference_table"]
-    request = {"code": CODE["aggregate"], "runs": digest({"metrics": TABLE_METRICS}),
-               "comparisons": config["comparisons"], "reference_table": sha256_if_present(table) if table else None}  # fmt: skip
-    return (*artifact_request("aggregate", RESULTS, request), f"{RESULTS}/tables/aggregate.request.json")
+    return {"rule": "aggregate", "code": CODE["aggregate"], "runs": digest(STUDY_REQUESTS),
+            "comparisons": config["comparisons"], "reference_table": sha256_if_present(table) if table else None}  # fmt: skip
 
 
-def upstream_records(dataset=None, splits=(), caches=(), zero_shot=(), projector=False, features=False):
-    """The records (``*.request.json``) of the artifacts a job reads: its inputs' time, where the artifacts
-    themselves are ancient, so that Snakemake redoes the job after the artifact's job in one run."""
-    records = [model_job()[2]]
-    if dataset is not None:
-        records.append(data_job(dataset)[2])
-    records += [split_job(dataset, k, s)[2] for k, s in splits]
-    records += [eval_cache_job(d)[2] for d in caches] if EVAL_CACHE else []
-    records += [zero_shot_answered(d) for d in zero_shot]
-    if projector:
-        records.append(projector_job()[2])
-    if features:
-        records.append(features_job(dataset)[2])
-    return records
 
 
-def artifact_jobs():
-    jobs = [model_job()]
-    if any(is_demo(dataset) for dataset in ALL_DATASETS):
-        jobs.append(world_job())
-    jobs += [dataset_job(d) for d in ALL_DATASETS if not is_demo(d)]
-    jobs += [split_job(d, k, s) for d in DATASETS for k in SHOTS for s in SEEDS]
-    jobs.append(projector_job())
-    jobs += [eval_cache_job(d) for d in ALL_DATASETS] if EVAL_CACHE else []
-    jobs += [features_job(d) for d in FEATURE_DATASETS]
-    jobs.append(aggregate_job())
+# Deciding what is done, from the files themselves (complora.runrequest): a finished job whose request is
+# not today's, or whose output is damaged or unfinished, gets a redo marker: one more input, made by a job
+# of this invocation and asked for by `all` (or `prepare`), so Snakemake redoes it and everything made from
+# it, with or without its records in .snakemake/. Only the main Snakemake process judges: a job's own
+# process (on a cluster node) runs what it was given.
+class Job:
+    """One job of the grid for judging: what it made, its request, what it reads (what other jobs made), and
+    whether its files are checked while parsing (a dataset folder may hold a million images: its seal is
+    checked, its files when a job reads them)."""
+
+    def __init__(self, made, request, reads=(), metrics=None, split=None, deep=True):
+        self.made, self.request, self.reads, self.deep = made, request, list(reads), deep
+        self.metrics, self.split = metrics, split  # a run's metrics.json and today's split file
+
+    def exists(self):
+        return Path(self.metrics or self.made).exists()
+
+    def reasons(self, weights):
+        if self.metrics:
+            return run_verdict(self.request, self.metrics, sha256_if_present(self.split), weights)
+        return artifact_verdict(self.request, self.made, deep=self.deep)
+
+
+def zero_shot_dir(dataset):
+    return str(Path(zero_shot_metrics(dataset)).parent)
+
+
+def run_reads(dataset, method, shots, seed):
+    """The artifacts and runs a run is made from."""
+    spec = METHODS[method]
+    if spec.kind == FEATURE:
+        return [features_dir(dataset), *few_shot_splits(dataset), zero_shot_dir(dataset), MODEL_DIR]
+    references = [dataset] if spec.kind == PROMPT else [dataset, *retention_datasets(dataset)]
+    reads = [dataset_dir(dataset), MODEL_DIR, split_path(dataset, shots, seed), *map(zero_shot_dir, references)]
+    reads += [eval_cache_dir(d) for d in references] if EVAL_CACHE else []
+    return reads + ([PROJECTOR] if spec.spec.needs_projector else [])
+
+
+def grid_jobs():
+    """Every job of the grid, each after the jobs it reads from."""
+    jobs = [Job(WORLD, world_request())] if any(is_demo(d) for d in ALL_DATASETS) else []
+    jobs += [Job(dataset_dir(d), dataset_request(d), deep=False) for d in ALL_DATASETS if not is_demo(d)]
+    jobs.append(Job(MODEL_DIR, model_request(), [WORLD] if DEMO_WEIGHTS else []))
+    jobs += [Job(split_path(d, k, s), split_request(d, k, s), [dataset_dir(d)]) for d in DATASETS for k in SHOTS for s in SEEDS]
+    jobs.append(Job(PROJECTOR, projector_request(), [MODEL_DIR]))
+    caches = [Job(eval_cache_dir(d), eval_cache_request(d), [dataset_dir(d), MODEL_DIR]) for d in ALL_DATASETS]
+    jobs += caches if EVAL_CACHE else []
+    for d in ALL_DATASETS:
+        reads = [dataset_dir(d), MODEL_DIR, *eval_caches([d])]
+        jobs.append(Job(zero_shot_dir(d), zero_shot_request(d), reads, zero_shot_metrics(d), dataset_split_file(d)))
+    for d in FEATURE_DATASETS:
+        jobs.append(Job(features_dir(d), features_request(d), [dataset_dir(d), MODEL_DIR, *few_shot_splits(d), *eval_caches([d])]))
+    for method in TRAINED_METHODS:
+        for d in method_datasets(method):
+            for k in method_shots(method):
+                for s in SEEDS:
+                    made = run_dir(d, method, k, s)
+                    jobs.append(Job(made, run_request(d, method, k, s), run_reads(d, method, k, s),
+                                    f"{made}/metrics.json", split_path(d, k, s)))  # fmt: skip
+    jobs.append(Job(REQUESTS_FILE, None))
+    runs = [str(Path(metrics).parent) for metrics in TABLE_METRICS]
+    jobs.append(Job(TABLES, aggregate_request(), [*runs, REQUESTS_FILE]))
     return jobs
 
 
-# Each request is settled once per parse: the grid's below, a job outside it (a target of its own) when
-# Snakemake asks for its inputs.
-MODEL_METADATA = read_json(Path(MODEL_DIR) / "metadata.json")
-WEIGHTS_SHA256 = MODEL_METADATA.get("weights_sha256") if isinstance(MODEL_METADATA, dict) else None
-SETTLED = {}
-
-
-def settle_once(request_file, settle, made):
-    # Only the main Snakemake process judges: a job's own process (on a cluster node) finds its request
-    # written, and must not re-time the records of jobs finishing beside it.
-    if request_file not in SETTLED and workflow.is_main_process:
-        SETTLED[request_file] = (made, settle())
-    return request_file
-
-
-def artifact_request_file(job):
-    path, request, answered = job
-    return settle_once(path, lambda: settle_artifact(path, request, answered), answered.removesuffix(".request.json"))
-
-
-def zero_shot_request_file(dataset):
-    metrics = zero_shot_metrics(dataset)
-
-    def settle():
-        split = sha256_if_present(dataset_split_file(dataset))
-        return settle_run(request_path(metrics), zero_shot_request(dataset), metrics, split, WEIGHTS_SHA256,
-                          zero_shot_answered(dataset))  # fmt: skip
-
-    return settle_once(request_path(metrics), settle, str(Path(metrics).parent))
-
-
-def run_request_file(dataset, method, shots, seed):
-    metrics = f"{run_dir(dataset, method, shots, seed)}/metrics.json"
-
-    def settle():
-        split = sha256_if_present(split_path(dataset, shots, seed))
-        request = run_request(dataset, method, int(shots), int(seed))
-        return settle_run(request_path(metrics), request, metrics, split, WEIGHTS_SHA256)
-
-    return settle_once(request_path(metrics), settle, str(Path(metrics).parent))
-
-
-def settle_requests():
-    """Write the grid's requests and mark what is stale for redoing; says which and why."""
-    for job in artifact_jobs():
-        artifact_request_file(job)
-    for dataset in ALL_DATASETS:
-        zero_shot_request_file(dataset)
+def study_requests():
+    """Every table run's request by its metrics file: what the tables check each run against."""
+    requests = {zero_shot_metrics(d): zero_shot_request(d) for d in DATASETS}
     for method in TRAINED_METHODS:
-        for dataset in method_datasets(method):
-            for shots in method_shots(method):
-                for seed in SEEDS:
-                    run_request_file(dataset, method, shots, seed)
-    stale = [(made, reasons) for made, reasons in SETTLED.values() if reasons]
-    if stale:
-        shown = [f"  {made}: " + "; ".join(reasons[:3]) for made, reasons in stale[:10]]
-        more = [f"  ... and {len(stale) - 10} more"] if len(stale) > 10 else []
-        logger.warning(
-            f"{len(stale)} finished job(s) were made with other settings than this config asks for; they will be "
-            "redone:\n" + "\n".join(shown + more)
-        )
+        for d in method_datasets(method):
+            for k in method_shots(method):
+                for s in SEEDS:
+                    requests[f"{run_dir(d, method, k, s)}/metrics.json"] = run_request(d, method, k, s)
+    return {metrics: requests[metrics] for metrics in TABLE_METRICS}
 
 
-settle_requests()
+WEIGHTS_FILE_SHA256 = None if DEMO_WEIGHTS else weights_file_sha256()
+CUSTOM_CONTENT = {name: custom_content(name) for name in CUSTOM if name in ALL_DATASETS}
+STUDY_REQUESTS = study_requests()
+REQUESTS_FILE = f"{RESULTS}/runs/requests.json"  # versioned with the runs by DVC
+TABLES = f"{RESULTS}/tables"
+
+
+UPSTREAM_REASON = "made from "
+
+
+def judge():
+    """Why each finished job of the grid must be redone, by what it made: its own record, a part of a study
+    that was built upon gone missing, or something it is made from that is redone. Snakemake never sees a
+    file's time (every input is ancient), so the verdict passes down the grid here."""
+    jobs = grid_jobs()
+    metadata = read_json(Path(MODEL_DIR) / "metadata.json")
+    weights = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
+    own = {job.made: job.reasons(weights) if job.request is not None else [] for job in jobs}
+    if Path(REQUESTS_FILE).exists() and read_json(Path(REQUESTS_FILE)) != STUDY_REQUESTS:
+        own[REQUESTS_FILE] = ["the grid's requests changed"]
+    existing = {job.made for job in jobs if job.exists()}
+    used = {read for job in jobs if job.made in existing for read in job.reads}
+    for job in jobs:
+        if not own[job.made] and job.made not in existing and job.made in used:
+            own[job.made] = ["it is missing"]
+    stale = {}
+    for job in jobs:
+        upstream = next((read for read in job.reads if read in stale), None)
+        if own[job.made]:
+            stale[job.made] = own[job.made]
+        elif upstream and job.made in existing:
+            stale[job.made] = [f"{UPSTREAM_REASON}{upstream}, which is redone"]
+    return stale
+
+
+STALE = judge() if workflow.is_main_process else {}
+REDO_DIR = "resources/redo"
+
+
+def redo_marker(made):
+    """The redo marker of a stale job ([] for a job that is done or not made yet). Its name holds the
+    verdict and the state of what was made, so a marker left by an interrupted run never stands for a new one."""
+    if made not in STALE:
+        return []
+    files = [Path(made), seal_path(made), Path(made) / "metrics.json"]
+    state = [(str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in files if path.exists()]
+    return [f"{REDO_DIR}/{made}.{digest({'reasons': STALE[made], 'state': state})}.redo"]
+
+
+def fit_redo_markers(dataset, method):
+    """A fit job makes every run of its (dataset, method): it is redone when any of them is stale."""
+    return sorted({marker for k in SHOTS for s in SEEDS for marker in redo_marker(run_dir(dataset, method, k, s))})
+
+
+REDO_MARKERS = sorted(marker for made in STALE for marker in redo_marker(made))
+PREPARED = {MODEL_DIR, WORLD, *(dataset_dir(d) for d in ALL_DATASETS)}
+PREPARE_MARKERS = sorted(marker for made in STALE if made in PREPARED for marker in redo_marker(made))
+def report_stale():
+    """One warning: each stale job with its own reasons, and how many are redone because they are made
+    from one of them."""
+    direct = {made: reasons for made, reasons in STALE.items() if not reasons[0].startswith(UPSTREAM_REASON)}
+    shown = [f"  {made}: " + "; ".join(reasons[:3]) for made, reasons in list(direct.items())[:10]]
+    more = [f"  ... and {len(direct) - 10} more"] if len(direct) > 10 else []
+    logger.warning(
+        f"{len(direct)} finished job(s) are stale, damaged or missing; `snakemake` (the default target) redoes "
+        f"them and the {len(STALE) - len(direct)} made from them:\n" + "\n".join(shown + more)
+    )
+
+
+if STALE:
+    report_stale()
+
+
+def remove_redo_markers():
+    if workflow.is_main_process:
+        shutil.rmtree(REDO_DIR, ignore_errors=True)

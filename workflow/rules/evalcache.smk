@@ -6,18 +6,18 @@ rule eval_cache:
     input:
         data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
         model=ancient(MODEL_DIR),
-        records=lambda wildcards: upstream_records(wildcards.dataset),
-        request=lambda wildcards: artifact_request_file(eval_cache_job(wildcards.dataset)),
+        redo=lambda wildcards: redo_marker(eval_cache_dir(wildcards.dataset)),
     output:
         cache=directory(eval_cache_dir("{dataset}")),
-        answered=f"{eval_cache_dir('{dataset}')}.request.json",
+        seal=str(seal_path(eval_cache_dir("{dataset}"))),
     params:
         code=CODE["eval_cache"],
         libraries=IMAGE_LIBRARIES,
-        model=BACKBONE,
-        checkpoint=CHECKPOINT,
-        root=lambda wildcards: dataset_root(wildcards.dataset),
-        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        model=shlex.quote(BACKBONE),
+        checkpoint=shlex.quote(CHECKPOINT),
+        root=lambda wildcards: shlex.quote(dataset_root(wildcards.dataset)),
+        split_file=lambda wildcards: shlex.quote(dataset_split_file(wildcards.dataset)),
+        request=lambda wildcards: request_flag(eval_cache_request(wildcards.dataset)),
     # Decoding threads; capped by --cores locally, a profile's set-threads on a cluster.
     threads: 8
     conda:
@@ -26,5 +26,5 @@ rule eval_cache:
         "logs/evalcache/{dataset}.log",
     shell:
         "complora eval-cache --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --model {params.model} --pretrained {params.checkpoint} --threads {threads} --out {output.cache}"
-        " > {log} 2>&1 && cp {input.request} {output.answered}"
+        " --model {params.model} --pretrained {params.checkpoint} --threads {threads} --out {output.cache:q}"
+        " > {log} 2>&1 && complora-seal {output.cache:q} {params.request}"

@@ -7,14 +7,14 @@ if DEMO_WEIGHTS:
     rule demo_pretrain:
         input:
             world=ancient(WORLD),
-            record=world_job()[2],
-            request=artifact_request_file(model_job()),
+            redo=redo_marker(MODEL_DIR),
         output:
             model=directory(MODEL_DIR),
-            answered=model_job()[2],
+            seal=str(seal_path(MODEL_DIR)),
         params:
             code=CODE["demo_pretrain"],
             pretraining=config["demo"]["pretraining"],
+            request=request_flag(model_request()),
         # The weights are reproducible for a given thread count; 2 is what the published figures used.
         threads: 2
         conda:
@@ -22,27 +22,28 @@ if DEMO_WEIGHTS:
         log:
             "logs/models/demo_pretrain.log",
         shell:
-            "complora demo-pretrain --data {input.world} --out {output.model} --threads {threads}"
+            "complora demo-pretrain --data {input.world} --out {output.model:q} --threads {threads}"
             " --seed {params.pretraining[seed]} --steps {params.pretraining[steps]}"
             " --batch-size {params.pretraining[batch_size]} --pool-size {params.pretraining[pool_size]}"
-            " > {log} 2>&1 && cp {input.request} {output.answered}"
+            " > {log} 2>&1 && complora-seal {output.model:q} {params.request}"
 
 else:
 
     rule pretrained_weights:
         input:
-            request=artifact_request_file(model_job()),
+            redo=redo_marker(MODEL_DIR),
         output:
             model=directory(MODEL_DIR),
-            answered=model_job()[2],
+            seal=str(seal_path(MODEL_DIR)),
         conda:
             "../envs/complora.yaml"
         params:
             code=CODE["weights"],
-            model=BACKBONE,
-            pretrained=PRETRAINED,
+            model=shlex.quote(BACKBONE),
+            pretrained=shlex.quote(PRETRAINED),
+            request=request_flag(model_request()),
         log:
             f"logs/models/{BACKBONE_ID}.log",
         shell:
-            "complora weights --model {params.model} --pretrained {params.pretrained} --out {output.model}"
-            " --cache resources/open_clip_cache > {log} 2>&1 && cp {input.request} {output.answered}"
+            "complora weights --model {params.model} --pretrained {params.pretrained} --out {output.model:q}"
+            " --cache resources/open_clip_cache > {log} 2>&1 && complora-seal {output.model:q} {params.request}"

@@ -4,24 +4,24 @@
 rule projector:
     input:
         model=ancient(MODEL_DIR),
-        records=upstream_records(),
-        request=artifact_request_file(projector_job()),
+        redo=redo_marker(PROJECTOR),
     output:
         projector=PROJECTOR,
         stats=PROJECTOR.replace(".safetensors", ".stats.json"),
-        answered=projector_job()[2],
+        seal=str(seal_path(PROJECTOR)),
     params:
         code=CODE["projector"],
-        model=BACKBONE,
-        checkpoint=CHECKPOINT,
+        model=shlex.quote(BACKBONE),
+        checkpoint=shlex.quote(CHECKPOINT),
         k_max=PROJECTOR_K,
         targets=" ".join(PROJECTOR_TARGETS),
         towers=" ".join(PROJECTOR_TOWERS),
+        request=request_flag(projector_request()),
     conda:
         "../envs/complora.yaml"
     log:
-        f"logs/projectors/{BACKBONE}.log",
+        f"logs/projectors/{BACKBONE_ID}.log",
     shell:
         "complora projector --model {params.model} --pretrained {params.checkpoint} --k-max {params.k_max}"
-        " --targets {params.targets} --towers {params.towers} --out {output.projector} > {log} 2>&1"
-        " && cp {input.request} {output.answered}"
+        " --targets {params.targets} --towers {params.towers} --out {output.projector:q} > {log:q} 2>&1"
+        " && complora-seal {output.projector:q} {params.request}"

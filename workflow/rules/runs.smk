@@ -6,23 +6,22 @@ rule zero_shot:
     input:
         data=lambda wildcards: ancient(dataset_dir(wildcards.dataset)),
         model=ancient(MODEL_DIR),
-        eval_cache=lambda wildcards: [ancient(path) for path in eval_caches([wildcards.dataset])],
-        records=lambda wildcards: upstream_records(wildcards.dataset, caches=[wildcards.dataset]),
-        request=lambda wildcards: zero_shot_request_file(wildcards.dataset),
+        eval_cache=lambda wildcards: ancient_all(eval_caches([wildcards.dataset])),
+        redo=lambda wildcards: redo_marker(str(Path(zero_shot_metrics(wildcards.dataset)).parent)),
     output:
         metrics=zero_shot_metrics("{dataset}"),
-        answered=zero_shot_answered("{dataset}"),
     params:
         code=CODE["evaluate"],
-        model=BACKBONE,
-        checkpoint=CHECKPOINT,
-        root=lambda wildcards: dataset_root(wildcards.dataset),
-        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
-        template=config["prompt_template"],
+        model=shlex.quote(BACKBONE),
+        checkpoint=shlex.quote(CHECKPOINT),
+        root=lambda wildcards: shlex.quote(dataset_root(wildcards.dataset)),
+        split_file=lambda wildcards: shlex.quote(dataset_split_file(wildcards.dataset)),
+        template=shlex.quote(config["prompt_template"]),
         coop=lambda wildcards: coop_template_flags(wildcards.dataset),
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(ZERO_SHOT_GPUS),
         protocol=PROTOCOL,
+        request=lambda wildcards: request_flag(zero_shot_request(wildcards.dataset)),
     threads: 1
     resources:
         gpu=ZERO_SHOT_GPUS,
@@ -35,10 +34,9 @@ rule zero_shot:
         f"{RESULTS}/runs/{{dataset}}/zeroshot/evaluate.log",
     shell:
         "complora evaluate --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --model {params.model} --pretrained {params.checkpoint} --template {params.template:q}"
+        " --model {params.model} --pretrained {params.checkpoint} --template {params.template}"
         " {params.coop} {params.eval_cache} --eval-batch-size {resources.eval_batch_size} {params.device}"
-        " --threads {threads} --protocol {params.protocol} --request {input.request} --out {output.metrics}"
-        " > {log} 2>&1 && cp {input.request} {output.answered}"
+        " --threads {threads} --protocol {params.protocol} {params.request} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -52,18 +50,21 @@ rule train:
         curve=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/curve.csv",
     params:
         code=CODE["evaluate"],
-        model=BACKBONE,
-        checkpoint=CHECKPOINT,
-        root=lambda wildcards: dataset_root(wildcards.dataset),
-        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        model=shlex.quote(BACKBONE),
+        checkpoint=shlex.quote(CHECKPOINT),
+        root=lambda wildcards: shlex.quote(dataset_root(wildcards.dataset)),
+        split_file=lambda wildcards: shlex.quote(dataset_split_file(wildcards.dataset)),
         family=lambda wildcards: METHODS[wildcards.method].family,
         iterations=lambda wildcards: int(wildcards.shots)
         * METHODS[wildcards.method].settings["iterations_per_shot"],
         hyperparameters=lambda wildcards: method_flags(wildcards.method),
-        template=config["prompt_template"],
-        zero_shot=lambda wildcards, input: " ".join(f"--zero-shot {path}" for path in input.zero_shot),
-        projector=lambda wildcards, input: f"--projector {input.projector}" if "projector" in input.keys() else "",
-        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        template=shlex.quote(config["prompt_template"]),
+        zero_shot=lambda wildcards, input: repeated_flag("--zero-shot", input.zero_shot),
+        projector=lambda wildcards, input: repeated_flag("--projector", [input.projector] if "projector" in input.keys() else []),
+        out_dir=lambda wildcards, output: shlex.quote(str(Path(output.metrics).parent)),
+        request=lambda wildcards: request_flag(
+            run_request(wildcards.dataset, wildcards.method, int(wildcards.shots), int(wildcards.seed))
+        ),
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(TRAINING_GPUS),
         compile=lambda wildcards, resources: "--compile" if resources.compile else "",
@@ -84,13 +85,13 @@ rule train:
         f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/train.log",
     shell:
         "complora train --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --few-shot {input.split} --seed {wildcards.seed} --method {params.family} --name {wildcards.method}"
+        " --few-shot {input.split:q} --seed {wildcards.seed} --method {params.family} --name {wildcards.method}"
         " --model {params.model} --pretrained {params.checkpoint} {params.zero_shot} {params.projector}"
-        " --iterations {params.iterations} {params.hyperparameters} --template {params.template:q}"
+        " --iterations {params.iterations} {params.hyperparameters} --template {params.template}"
         " {params.eval_cache} --eval-batch-size {resources.eval_batch_size}"
         " --train-memory-mib {resources.train_memory_mib}"
         " {params.device} {params.compile} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
-        " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"
+        " {params.request} --out-dir {params.out_dir} > {log:q} 2>&1"
 
 
 rule prompt:
@@ -104,15 +105,18 @@ rule prompt:
         curve=f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/curve.csv",
     params:
         code=CODE["prompt"],
-        model=BACKBONE,
-        checkpoint=CHECKPOINT,
-        root=lambda wildcards: dataset_root(wildcards.dataset),
-        split_file=lambda wildcards: dataset_split_file(wildcards.dataset),
+        model=shlex.quote(BACKBONE),
+        checkpoint=shlex.quote(CHECKPOINT),
+        root=lambda wildcards: shlex.quote(dataset_root(wildcards.dataset)),
+        split_file=lambda wildcards: shlex.quote(dataset_split_file(wildcards.dataset)),
         family=lambda wildcards: METHODS[wildcards.method].family,
-        settings=lambda wildcards: json.dumps(METHODS[wildcards.method].settings, sort_keys=True),
-        template=config["prompt_template"],
-        coop=lambda wildcards: " ".join(f"--coop-template {shlex.quote(t)}" for t in coop_templates(wildcards.dataset)),
-        out_dir=lambda wildcards, output: Path(output.metrics).parent,
+        settings=lambda wildcards: shlex.quote(json.dumps(METHODS[wildcards.method].settings, sort_keys=True)),
+        template=shlex.quote(config["prompt_template"]),
+        coop=lambda wildcards: repeated_flag("--coop-template", coop_templates(wildcards.dataset)),
+        out_dir=lambda wildcards, output: shlex.quote(str(Path(output.metrics).parent)),
+        request=lambda wildcards: request_flag(
+            run_request(wildcards.dataset, wildcards.method, int(wildcards.shots), int(wildcards.seed))
+        ),
         eval_cache=lambda wildcards: eval_cache_flag(wildcards.dataset),
         device=device_flag(TRAINING_GPUS),
     threads: 1
@@ -128,9 +132,9 @@ rule prompt:
         f"{RESULTS}/runs/{{dataset}}/{{method}}/shots{{shots}}/seed{{seed}}/prompt.log",
     shell:
         "complora prompt --dataset {wildcards.dataset} --data {params.root} --split-file {params.split_file}"
-        " --few-shot {input.split} --seed {wildcards.seed} --family {params.family} --name {wildcards.method}"
-        " --settings {params.settings:q} --model {params.model} --pretrained {params.checkpoint}"
-        " --zero-shot {input.zero_shot} --template {params.template:q} {params.coop} {params.eval_cache}"
+        " --few-shot {input.split:q} --seed {wildcards.seed} --family {params.family} --name {wildcards.method}"
+        " --settings {params.settings} --model {params.model} --pretrained {params.checkpoint}"
+        " --zero-shot {input.zero_shot:q} --template {params.template} {params.coop} {params.eval_cache}"
         " --eval-batch-size {resources.eval_batch_size} --train-memory-mib {resources.train_memory_mib}"
         " {params.device} --threads {threads} --checkpoint-every {resources.checkpoint_every}"
-        " --request {input.request} --out-dir {params.out_dir} > {log} 2>&1"
+        " {params.request} --out-dir {params.out_dir} > {log:q} 2>&1"

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import __version__
+from ..artifacts import IGNORED_NAMES
 from ..atomic import staging_folder
 from ..errors import ComploraError
 from ..progress import progress_bar
@@ -62,7 +63,7 @@ def decode_all(
 
 def _is_cache_folder(path: Path) -> bool:
     """Only a folder that holds nothing but a cache's files is ever deleted as a cache."""
-    return path.is_dir() and set(os.listdir(path)) <= CACHE_FILES
+    return path.is_dir() and set(os.listdir(path)) - IGNORED_NAMES <= CACHE_FILES
 
 
 def build_eval_cache(

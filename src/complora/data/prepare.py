@@ -306,6 +306,29 @@ def custom_split(images: Path, seed: int, classnames: list[str] | None = None) -
     return splits
 
 
+def _check_classes(name: str, source: object, splits: dict[str, list[Entry]]) -> None:
+    """Refuse, when the dataset is prepared, classes a classifier cannot use: fewer than two, labels that are
+    not 0 .. C-1, or one label under two names."""
+    names: dict[int, set[str]] = {}
+    for items in splits.values():
+        for _, label, classname in items:
+            names.setdefault(label, set()).add(classname)
+    if len(names) < 2:
+        raise ComploraError(f"custom dataset {name} ({source}): {len(names)} class; a classifier needs at least 2")
+    outside = sorted(label for label in names if not 0 <= label < len(names))
+    if outside:
+        raise ComploraError(
+            f"custom dataset {name} ({source}): label(s) {outside[:5]} outside the classes 0 .. {len(names) - 1}; "
+            "number the classes 0 .. C-1 in the split file"
+        )
+    twice = {label: sorted(found) for label, found in names.items() if len(found) > 1}
+    if twice:
+        label, found = next(iter(sorted(twice.items())))
+        raise ComploraError(
+            f"custom dataset {name} ({source}): label {label} has {len(found)} names {found}; give each label one name"
+        )
+
+
 def prepare_custom(
     name: str,
     images: str | os.PathLike[str],
@@ -330,6 +353,7 @@ def prepare_custom(
         except (OSError, UnicodeDecodeError) as error:
             raise ComploraError(f"custom dataset {name}: class names file {classnames_file}: {error}") from None
     splits = read_split(split_file) if split_file else custom_split(images, seed, classnames)
+    _check_classes(name, split_file or images, splits)
     classes = len({label for items in splits.values() for _, label, _ in items})
     spec = DatasetSpec(
         name=name,

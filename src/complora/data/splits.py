@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import file_sha256, verify_file
 from ..atomic import atomic_path
 from ..errors import ComploraError
 from .base_to_new import ALL, BASE_TO_NEW, PROTOCOLS, base_classes
@@ -70,14 +70,6 @@ def _draw(entries: list[Entry], shots: int, rng: np.random.Generator) -> list[En
 def sample_few_shot(entries: list[Entry], shots: int, seed: int) -> list[Entry]:
     """``shots`` entries per class (CoOp convention), drawn with replacement only where a class has fewer."""
     return _draw(entries, shots, np.random.default_rng(seed))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def few_shot_split(
@@ -144,7 +136,9 @@ def write_few_shot_split(split: dict[str, Any], out: str | os.PathLike[str]) -> 
 
 
 def read_few_shot_split(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A k-shot split file written by :func:`write_few_shot_split`, checked for its format."""
+    """A k-shot split file written by :func:`write_few_shot_split`, checked for its format (and, made by the
+    workflow, against its seal)."""
+    verify_file(path, what="k-shot split")
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:

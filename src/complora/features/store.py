@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..artifacts import verify_file
 from ..atomic import staging_folder
 from ..data.imagelibs import library_versions
 from ..data.images import EvalTransform, normalize
@@ -248,7 +249,10 @@ def _center(
 def _read(
     path: Path, kind: str, key: StoreKey, fix: str, load: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The file's tensors (none unless ``load``) and its record, refused unless the record matches ``key``."""
+    """The file's tensors (none unless ``load``) and its record, refused unless the record matches ``key``
+    (and, made by the workflow, its content matches the store's seal)."""
+    if load:
+        verify_file(path, what="feature file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             record = json.loads((handle.metadata() or {}).get("complora", "{}"))

@@ -97,15 +97,17 @@ def method_problems(config: dict[str, Any]) -> list[str]:
                 f"  - hyperparameters.{name}.family: {entry['family']!r}; an entry named after a family is that "
                 f"family's configuration; give a variant of {entry['family']} its own name"
             )
+        if name not in methods:
+            continue  # a method the study does not run: its grid restrictions do not apply
         for key in GRID_KEYS:
             study = config.get(key)
             if not isinstance(entry, dict) or not isinstance(entry.get(key), list) or not isinstance(study, list):
                 continue
-            outside = [value for value in entry[key] if value not in study]
-            if outside:
+            if not [value for value in entry[key] if value in study]:
                 problems.append(
-                    f"  - hyperparameters.{name}.{key}: {outside} are not in the study's {key} {study}; "
-                    f"a method runs on a subset of them"
+                    f"  - hyperparameters.{name}.{key}: {entry[key]} leaves {name} nothing to run among the study's "
+                    f"{key} {study}; list some of those under hyperparameters.{name}.{key}, remove the key to run "
+                    f"all of them, or take {name} out of methods"
                 )
     return problems
 
@@ -119,7 +121,12 @@ def study_methods(config: dict[str, Any]) -> dict[str, Method]:
             continue
         entry = dict(config["hyperparameters"][name])
         family = entry.pop("family")
-        grid = {key: tuple(entry.pop(key)) if key in entry else None for key in GRID_KEYS}
+        # A restriction runs the method on the values the study has (a merged config may restrict a method
+        # to values another study leaves out, e.g. the demo's prompt learners at 16 shots).
+        grid = {
+            key: tuple(value for value in entry.pop(key) if value in config[key]) if key in entry else None
+            for key in GRID_KEYS
+        }
         methods[name] = Method(name, family, entry, **grid)
     return methods
 

@@ -74,31 +74,36 @@ def _split_sha256(run: dict[str, Any]) -> str | None:
     return sha256_if_present(recorded) if recorded else None
 
 
+def _read_requests(path: str | os.PathLike[str]) -> dict[str, Any]:
+    requests = read_json(Path(path))
+    if not isinstance(requests, dict):
+        raise ComploraError(f"requests file {path} is missing or unreadable; run the workflow to rewrite it")
+    return requests
+
+
 def read_runs(
     paths: Sequence[str | os.PathLike[str]],
-    requests: Sequence[str | os.PathLike[str]] = (),
+    requests: str | os.PathLike[str] | None = None,
     model_metadata: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every metrics file, checked for the contract's fields, one backbone, and no duplicate cell.
 
-    With ``requests`` (one request file per metrics file, what the workflow asks of that run today) and
+    With ``requests`` (a JSON file: each metrics file's request, what the workflow asks of that run today) and
     ``model_metadata`` (today's weights), a run made with other settings, another split or other weights is
     refused with what differs: the tables never show old numbers under a new config."""
-    if requests and len(requests) != len(paths):
-        raise ComploraError(f"{len(requests)} request files for {len(paths)} metrics files: give one per run")
+    asked = _read_requests(requests) if requests is not None else None
     weights = weights_of_artifact(model_metadata) if model_metadata else None
     runs, seen, stale = [], {}, []
-    for index, path in enumerate(map(Path, paths)):
+    for path in map(Path, paths):
         run = _load(path)
         key = (run["dataset"], run["method"], run["shots"], run["seed"])
         if key in seen:
             raise ComploraError(f"{path} and {seen[key]} are both {key}; pass each run once")
         seen[key] = path
-        if requests:
-            request = read_json(Path(requests[index]))
-            if not isinstance(request, dict):
-                raise ComploraError(f"request file {requests[index]} is missing or unreadable; run the workflow")
-            reasons = stale_reasons(run, request, split_sha256=_split_sha256(run), weights_sha256=weights)
+        if asked is not None:
+            if str(path) not in asked:
+                raise ComploraError(f"{requests} holds no request for {path}; run the workflow to rewrite it")
+            reasons = stale_reasons(run, asked[str(path)], split_sha256=_split_sha256(run), weights_sha256=weights)
             if reasons:
                 stale.append(f"  {path.parent}: " + "; ".join(reasons))
         elif weights and run["backbone"]["weights_sha256"] != weights:
