@@ -31,6 +31,7 @@ def test_closures_follow_imports_including_function_level_ones():
     assert "aggregate.py" in aggregation and "finetune.py" not in aggregation and "experiment.py" not in aggregation
     assert names("complora.data.splits") == {
         "__init__.py",
+        "artifacts.py",
         "atomic.py",
         "errors.py",
         "data/__init__.py",
