@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .atomic import write_json
 from .errors import ComploraError
@@ -87,6 +87,19 @@ def read_seal(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
     return record
 
 
+def _file_problem(path: Path, expected: dict[str, Any], hash_limit: float) -> str | None:
+    """How one file differs from its seal's entry (its content only up to ``hash_limit`` bytes); None when
+    it does not."""
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != expected.get("size"):
+        return f"has {size} bytes, {expected.get('size')} when it was made"
+    if size <= hash_limit and file_sha256(path) != expected.get("sha256"):
+        return "is damaged: its content differs from when it was made"
+    return None
+
+
 def damage(
     artifact: str | os.PathLike[str], record: dict[str, Any], hash_limit: float = HASH_AT_PARSE_BYTES
 ) -> list[str]:
@@ -96,32 +109,29 @@ def damage(
     problems = []
     for name, expected in sorted(record["files"].items()):
         shown = f"{artifact}/{name}" if name else str(artifact)
-        path = present.pop(name, None)
-        if path is None:
-            problems.append(f"{shown} is missing")
-            continue
-        size = path.stat().st_size
-        if size != expected.get("size"):
-            problems.append(f"{shown} has {size} bytes, {expected.get('size')} when it was made")
-        elif size <= hash_limit and file_sha256(path) != expected.get("sha256"):
-            problems.append(f"{shown} is damaged: its content differs from when it was made")
+        problem = _file_problem(present.pop(name, Path(shown)), expected, hash_limit)
+        if problem:
+            problems.append(f"{shown} {problem}")
     problems += [f"{artifact}/{name} was not made by its job" for name in sorted(present)]
     return problems
+
+
+def _refuse(what: str, subject: str | os.PathLike[str], problem: str, artifact: str | os.PathLike[str]) -> NoReturn:
+    raise ComploraError(
+        f"the {what} {subject} is damaged ({problem}); rebuild it and what was made from it: "
+        f"snakemake --cores all --forcerun {artifact}"
+    )
 
 
 def verify_artifact(artifact: str | os.PathLike[str], *, what: str = "artifact") -> None:
     """Refuse an artifact whose files are not those its job made (every file hashed): the job stops before
     using damaged data, naming what to rebuild. An artifact made outside the workflow (no seal) passes."""
-    seal_file = seal_path(artifact)
-    if not seal_file.exists():
+    if not seal_path(artifact).exists():
         return
     record = read_seal(artifact)
     problems = ["its seal is unreadable"] if record is None else damage(artifact, record, float("inf"))
     if problems:
-        raise ComploraError(
-            f"the {what} {artifact} is damaged ({'; '.join(problems[:3])}); rebuild it and what was made from "
-            f"it: snakemake --cores all --forcerun {artifact}"
-        )
+        _refuse(what, artifact, "; ".join(problems[:3]), artifact)
 
 
 def verify_file(path: str | os.PathLike[str], *, what: str = "file") -> None:
@@ -136,17 +146,21 @@ def verify_file(path: str | os.PathLike[str], *, what: str = "file") -> None:
     record = read_seal(artifact)
     expected = (record or {}).get("files", {}).get(name)
     if expected is None:
-        problem = "its seal is unreadable" if record is None else "its seal does not list it"
-    elif not file.is_file():
-        problem = "it is missing"
-    elif file.stat().st_size != expected.get("size") or file_sha256(file) != expected.get("sha256"):
-        problem = "its content differs from when it was made"
-    else:
-        return
-    raise ComploraError(
-        f"the {what} {file} is damaged ({problem}); rebuild it and what was made from it: "
-        f"snakemake --cores all --forcerun {artifact}"
-    )
+        _refuse(what, file, "its seal is unreadable" if record is None else "its seal does not list it", artifact)
+    problem = _file_problem(file, expected, float("inf"))
+    if problem:
+        _refuse(what, file, f"it {problem}", artifact)
+
+
+def request_argument(text: str) -> dict[str, Any]:
+    """An argparse type: a request given as JSON text on the command line."""
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
+    if not isinstance(request, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return request
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,14 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     that imports no torch, so it costs a fraction of a second)."""
     parser = argparse.ArgumentParser(prog="complora-seal", description=main.__doc__)
     parser.add_argument("artifact", type=Path, help="the file or folder the job made")
-    parser.add_argument("--request", required=True, help="what the workflow asked the job for (JSON)")
+    parser.add_argument(
+        "--request", type=request_argument, required=True, help="what the workflow asked the job for (JSON)"
+    )
     args = parser.parse_args(argv)
     try:
-        request = json.loads(args.request)
-        if not isinstance(request, dict):
-            raise ComploraError("--request: expected a JSON object")
-        seal(args.artifact, request)
-    except json.JSONDecodeError as error:
-        sys.exit(f"complora-seal: error: --request is not JSON ({error})")
+        seal(args.artifact, args.request)
     except ComploraError as error:
         sys.exit(f"complora-seal: error: {error}")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .artifacts import request_argument
 from .errors import ComploraError
 from .stopping import JobStopped
 
@@ -119,23 +120,13 @@ def _check_seed(seed: int) -> None:
 def _add_request_argument(parser: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
     parser.add_argument(
         "--request",
-        type=_request_argument,
+        type=request_argument,
         action="append" if repeatable else "store",
         default=[] if repeatable else None,
         help="what the workflow asked this job for (JSON text, recorded as is in metrics.json: a later config "
         "that asks for something else finds the run stale)"
         + ("; one per --few-shot, same order" if repeatable else ""),
     )
-
-
-def _request_argument(text: str) -> dict:
-    try:
-        request = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
-    if not isinstance(request, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return request
 
 
 def _check_request(request: dict | None, flags: dict[str, object]) -> None:

@@ -3,6 +3,7 @@ import json
 import re
 import shlex
 import shutil
+from functools import cache
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -279,7 +280,8 @@ COMPARE_TO = config["comparisons"]["reference"]
 # What each job is asked for (complora.runrequest): computed here, handed to the job on its command line,
 # recorded by the job (a run in its metrics.json, an artifact in its seal). Nothing is written while the
 # workflow is parsed. A request names its inputs by their requests' digests, so a change upstream changes
-# every request downstream.
+# every request downstream. Each is built once per parse (cached: the grid, the verdict and the rules'
+# parameters ask for the same ones; nobody changes a request once built).
 BACKBONE_REQUEST = {"model": BACKBONE, "pretrained": CHECKPOINT}
 
 
@@ -292,6 +294,7 @@ def evaluation_inputs(datasets):
     return inputs
 
 
+@cache
 def zero_shot_request(dataset):
     return {"dataset": dataset, "method": ZERO_SHOT, "template": config["prompt_template"], "protocol": PROTOCOL,
             "coop_templates": benchmark_templates(dataset), "backbone": BACKBONE_REQUEST,
@@ -300,6 +303,7 @@ def zero_shot_request(dataset):
                        **evaluation_inputs([dataset])}}  # fmt: skip
 
 
+@cache
 def run_request(dataset, method, shots, seed):
     spec = METHODS[method]
     inputs = {"data": data_digest(dataset), "model": digest(model_request()),
@@ -336,6 +340,7 @@ def weights_file_sha256():
     return sha256_if_present(PRETRAINED) if Path(PRETRAINED).is_file() else None
 
 
+@cache
 def model_request():
     if DEMO_WEIGHTS:
         return {"rule": "demo_pretrain", "code": CODE["demo_pretrain"], "pretraining": config["demo"]["pretraining"],
@@ -357,6 +362,7 @@ def custom_content(dataset):
             "classnames": sha256_if_present(entry["classnames"]) if entry["classnames"] else None}  # fmt: skip
 
 
+@cache
 def dataset_request(dataset):
     if dataset in CUSTOM:
         return {"rule": "dataset", "code": CODE["dataset"], "custom": CUSTOM[dataset], "content": CUSTOM_CONTENT[dataset]}
@@ -371,6 +377,7 @@ def data_request(dataset):
     return world_request() if is_demo(dataset) else dataset_request(dataset)
 
 
+@cache
 def data_digest(dataset):
     return digest(data_request(dataset))
 
@@ -380,23 +387,27 @@ def split_key():
     return "base_to_new/" if BASE_TO_NEW else ""
 
 
+@cache
 def split_request(dataset, shots, seed):
     return {"rule": "few_shot_split", "code": CODE["few_shot_split"], "split_file": dataset_split_file(dataset),
             "protocol": PROTOCOL, "dataset": dataset, "shots": int(shots), "seed": int(seed),
             "inputs": {"data": data_digest(dataset)}}  # fmt: skip
 
 
+@cache
 def projector_request():
     return {"rule": "projector", "code": CODE["projector"], "backbone": BACKBONE_REQUEST, "k_max": PROJECTOR_K,
             "targets": PROJECTOR_TARGETS, "towers": PROJECTOR_TOWERS, "inputs": {"model": digest(model_request())}}  # fmt: skip
 
 
+@cache
 def eval_cache_request(dataset):
     return {"rule": "eval_cache", "code": CODE["eval_cache"], "backbone": BACKBONE_REQUEST,
             "libraries": IMAGE_LIBRARIES, "dataset": dataset,
             "inputs": {"data": data_digest(dataset), "model": digest(model_request())}}  # fmt: skip
 
 
+@cache
 def features_request(dataset):
     splits = [digest(split_request(dataset, k, s)) for k in SHOTS for s in SEEDS]
     return {"rule": "features", "code": CODE["features"], "backbone": BACKBONE_REQUEST, "libraries": IMAGE_LIBRARIES,
