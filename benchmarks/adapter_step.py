@@ -7,7 +7,7 @@ machine noise hits them alike:
 - ``complora``: the same with method complora, k=32 on both sides (the projection formed every step);
 - ``lora+compile`` / ``complora+compile``: the same through ``torch.compile`` (the ``--compile`` flag of
   ``complora train``), its compile time reported apart;
-- ``cliplora``: the reference, written from CLIP-LoRA's description (shared/reference): q, k and v split
+- ``cliplora``: the reference, written from CLIP-LoRA's description (its paper and released layers): q, k and v split
   into three ``nn.Linear`` layers, each with its own LoRA branch and dropout mask, and open_clip's plain
   ``encode_text`` at the full 77-token context with its float mask.
 A step is the training step of complora.finetune: both towers (bf16 autocast on CUDA), cosine logits at

@@ -43,7 +43,7 @@ from complora.runinfo import package_versions, peak_rss_mib
 
 # ImageNet's most common sizes (width, height); 500x375 and 375x500 are the bulk of it.
 SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (500, 500), (640, 480), (400, 300), (500, 400)]
-# Test split sizes of the 11 benchmarks (reference/datasets.md).
+# Test split sizes of the 11 benchmarks (docs/datasets.md).
 TEST_SPLITS = {"ImageNet": 50000, "Caltech101": 2465, "OxfordPets": 3669, "StanfordCars": 8041, "Flowers102": 2463,
                "Food101": 30300, "FGVCAircraft": 3333, "SUN397": 19850, "DTD": 1692, "EuroSAT": 8100,
                "UCF101": 3783}  # fmt: skip

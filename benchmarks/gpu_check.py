@@ -11,7 +11,7 @@ has everything).
   tower, float32 classifier) over ``--eval-images`` uint8 images in memory, batch 256: images per second
   of the model side; the evaluation cache's reads come on top (benchmarks/README.md, eval_scale.py).
 - Extrapolation: CLIP-LoRA's protocol, 500 x shots iterations, then the run's own test split and the ten
-  retention test splits (133,696 images in all; shared/reference/datasets.md), for every dataset x shots
+  retention test splits (133,696 images in all; docs/datasets.md), for every dataset x shots
   x seed x {LoRA, Comp-LoRA} of config/paper.yaml, plus each dataset's zero-shot evaluation. Lower bounds:
   the GPU's side only, without reading the evaluation caches, cutting the training crops (ImageNet 16-shot
   decodes its originals per batch), the Comp-LoRA ablation's 96 jobs or the feature store.

@@ -87,7 +87,7 @@ def test_config_parses_k_forms_and_round_trips():
 @pytest.mark.parametrize(
     ("name", "matrices", "parameters"),
     [
-        ("ViT-B-16", 72, 184_320),  # design.md: CLIP-LoRA's count on ViT-B/16
+        ("ViT-B-16", 72, 184_320),  # docs/design.md: CLIP-LoRA's count on ViT-B/16
         ("ViT-B-32", 72, 184_320),
         ("ViT-L-14", 108, 24 * 3 * 2 * 2048 + 12 * 3 * 2 * 1536),
     ],

@@ -1,5 +1,5 @@
-"""From per-run metrics.json files to the study's tables, comparisons, plots and summary (design.md,
-"Results contract"); the pieces live in complora.results, this module only writes them.
+"""From per-run metrics.json files to the study's tables, comparisons, plots and summary (docs/design.md,
+"Results"); the pieces live in complora.results, this module only writes them.
 
 Everything is rendered before anything is written, and each file is written atomically, so a failure leaves
 the previous results intact.

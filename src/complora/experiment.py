@@ -1,6 +1,6 @@
 """One cell of the study: zero-shot evaluation of the pretrained model, or few-shot training and evaluation.
 
-Each writes a ``metrics.json`` holding every field of the results contract (design.md). A trained run
+Each writes a ``metrics.json`` holding every field of the results contract (docs/design.md). A trained run
 reads the zero-shot runs of its dataset and of the retention datasets: their accuracies are the
 reference for the gain and the retention, and their records say where each test split lives. Those
 records must come from the same weights and prompt, so a stale zero-shot run is refused, not reused.

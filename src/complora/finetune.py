@@ -1,5 +1,5 @@
 """Few-shot training on augmented crops: the loop (:func:`train_loop`) every tower-level method shares, and
-the fine-tuning of an adapted CLIP, CLIP-LoRA style (:func:`finetune`, design.md, "Methods").
+the fine-tuning of an adapted CLIP, CLIP-LoRA style (:func:`finetune`, docs/design.md, "LoRA and Comp-LoRA").
 
 The loop: batches, crops, optimiser and schedule (AdamW with a per-step cosine, CLIP-LoRA's; or SGD with
 Dassl's per-epoch schedule, the prompt learners'), the training curve, checkpoints, exact resume and stop

@@ -1,5 +1,5 @@
 """The official schedules of the Dassl-based baselines (CoOp's code base: CoOp, CoCoOp, KgCoOp, CLIP-Adapter,
-TaskRes, CLAP), reference/baselines.md §2.2 and §3.7: a constant warm-up epoch, then a cosine over the epochs
+TaskRes, CLAP), the README's "Methods": a constant warm-up epoch, then a cosine over the epochs
 shifted by one, and CoOp's epochs per shot."""
 
 from __future__ import annotations

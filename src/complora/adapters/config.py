@@ -91,7 +91,7 @@ def _as_choice_list(name: str, value: Any, allowed: tuple[str, ...]) -> tuple[st
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """How to adapt an open_clip model. Defaults are CLIP-LoRA's (design.md, "Methods").
+    """How to adapt an open_clip model. Defaults are CLIP-LoRA's (docs/design.md, "LoRA and Comp-LoRA").
 
     method: ``lora`` or ``complora``. rank, alpha: LoRA rank r and alpha. scaling: ``sqrt`` for
     alpha/sqrt(r) (CLIP-LoRA) or ``linear`` for alpha/r. dropout: applied to the LoRA input only.

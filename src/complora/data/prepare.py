@@ -97,7 +97,7 @@ def _finish(
     if problems:
         raise ComploraError(
             f"{spec.name}: the data does not have the expected counts ({'; '.join(problems)}). Expected "
-            "counts come from the paper's protocol (reference/datasets.md); a different split file or a "
+            "counts come from the paper's protocol (docs/datasets.md); a different split file or a "
             "partial copy gives other numbers"
         )
     (staging / "split.json").write_text(json.dumps({s: _entries(splits[s]) for s in SPLITS}, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""One entry per benchmark of the paper grid (facts from the team's reference/datasets.md).
+"""One entry per benchmark of the paper grid (docs/datasets.md has the facts).
 
 Every entry says where its archives and split file come from (mirrors in order, checksums where
 published), where the images sit inside the extracted archives, which folder names users already have

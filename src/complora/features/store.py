@@ -1,5 +1,5 @@
 """The feature store: what the frozen towers make of a dataset, computed once and read by every
-feature-level method and seed (reference/baselines.md, §7).
+feature-level method and seed (docs/baselines.md, "The feature store").
 
 One folder per (dataset, backbone) holds
 - ``test.safetensors``: raw image features (un-normalised ``encode_image``) of the test split, from the

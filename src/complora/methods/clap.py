@@ -1,4 +1,4 @@
-"""ZS-LP and CLAP (reference/baselines.md, §3.6): a cosine classifier whose prototypes start at the zero-shot
+"""ZS-LP and CLAP (docs/baselines.md): a cosine classifier whose prototypes start at the zero-shot
 text prototypes T (the un-normalised mean of the prompts' raw features) and train on ``views`` cached Dassl
 views of every k-shot image. CLAP adds a class-wise pull back to them, (1/C) sum_k lambda_k ||p_k - t_k||^2,
 lambda_k the mean zero-shot probability of class k over its support views (fixed, as the released code's

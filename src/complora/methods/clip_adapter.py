@@ -1,4 +1,4 @@
-"""CLIP-Adapter (reference/baselines.md, §3.3): a bias-free bottleneck MLP d -> d/reduction -> d with a ReLU
+"""CLIP-Adapter (docs/baselines.md): a bias-free bottleneck MLP d -> d/reduction -> d with a ReLU
 after each layer, blended into the raw image feature, g' = ratio A(g) + (1 - ratio) g, and classified by
 cosine against the frozen text classifier. Only the MLP trains (Dassl SGD schedule, CoOp's epochs per shot),
 one cached Dassl view (RandomResizedCrop 0.08-1 + flip) per image and epoch, the last epoch kept.

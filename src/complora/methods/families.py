@@ -18,7 +18,7 @@ ZERO_SHOT, ADAPTER, FEATURE, PROMPT = "zeroshot", "adapter", "feature", "prompt"
 # The retention of a method whose towers stay the pretrained ones (every feature-level family): their
 # zero-shot accuracy elsewhere is the pretrained model's by construction, so there is nothing to re-measure.
 ENCODERS_UNCHANGED = "encoders unchanged"
-# Augmented views of the k-shot images that feature-level families read (reference/baselines.md, §7):
+# Augmented views of the k-shot images that feature-level families read (docs/baselines.md):
 # Tip-Adapter's RandomResizedCrop(0.5-1) + flip and Dassl's RandomResizedCrop(0.08-1) + flip.
 AUGMENTATIONS = {"tip": (0.5, 1.0), "dassl": (0.08, 1.0)}
 
@@ -54,7 +54,7 @@ FAMILIES: dict[str, Family] = {
         Family("cocoop", PROMPT, "prompt_learning", "CoCoOp"),
     )
 }
-# The method names of CLIP-LoRA's Table 3 (reference/cliplora_table3_vitb16.csv) for the families it lists.
+# The method names of CLIP-LoRA's Table 3 (workflow/resources/cliplora_table3_vitb16.csv) for the families it lists.
 PUBLISHED_NAMES = {
     "CLIP": "zeroshot",
     "CLIP-LoRA": "lora",

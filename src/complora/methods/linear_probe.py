@@ -1,4 +1,4 @@
-"""Linear probe, as CoOp's ``lpclip`` (reference/baselines.md, §3.1): multinomial logistic regression with an
+"""Linear probe, as CoOp's ``lpclip`` (README, "Methods"): multinomial logistic regression with an
 L2 penalty (sklearn, L-BFGS) on the raw, un-augmented image features of the k-shot images. C, the inverse
 regularisation strength, is chosen on the k-shot validation split: the best of a coarse grid (ties to the
 larger C), then log-bisection rounds around it; the last round's winner is the probe.

@@ -1,4 +1,4 @@
-"""LP++ (reference/baselines.md, §3.5): logits = W f + b + alpha * (f W_t), with visual prototypes W (started
+"""LP++ (README, "Methods"): logits = W f + b + alpha * (f W_t), with visual prototypes W (started
 at the class sums of the normalised k-shot features), a bias, and class-wise blending weights alpha of the
 zero-shot text logits (started at alpha_init_scale times the mean cosine of each image with its own class
 prompt). Full-batch steps whose sizes come from Lipschitz bounds instead of a learning-rate search:

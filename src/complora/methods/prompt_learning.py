@@ -1,4 +1,4 @@
-"""Prompt learning (reference/baselines.md, §3.7-3.9): learned context vectors in front of each class name's
+"""Prompt learning (README, "Methods"): learned context vectors in front of each class name's
 tokens, run through the frozen text tower; only the context (and CoCoOp's Meta-Net) is trained.
 
 - ``coop4``: CoOp with M = 4 context vectors initialised from the embeddings of "a photo of a" (CoOp's

@@ -1,4 +1,4 @@
-"""TaskRes with the regular base (reference/baselines.md, §3.4): the text classifier T (the un-normalised
+"""TaskRes with the regular base (README, "Methods"): the text classifier T (the un-normalised
 mean of the prompts' raw text features) plus a learned residual, t' = T + alpha X with X starting at zero,
 classified by cosine. Adam with L2 weight decay, Dassl's schedule, one cached Dassl view per image and epoch,
 the last epoch kept. At step 0 it is zero-shot CLIP with its prompts.

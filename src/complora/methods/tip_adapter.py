@@ -1,4 +1,4 @@
-"""Tip-Adapter and Tip-Adapter-F (reference/baselines.md, §3.2): a key-value cache of the k-shot images beside
+"""Tip-Adapter and Tip-Adapter-F (README, "Methods"): a key-value cache of the k-shot images beside
 the zero-shot classifier, logits = scale * f W_t + alpha * exp(-beta (1 - f K)) L, with the keys K the
 normalised mean of ``augment_views`` augmented features per image (RandomResizedCrop 0.5-1 + flip) and L their
 one-hot labels. Tip-Adapter-F trains the keys (AdamW, cosine per iteration, alpha and beta held at their
